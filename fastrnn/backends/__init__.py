@@ -1,0 +1,63 @@
+"""Backend registry: which implementation of the fastrnn ops runs a call.
+
+A backend is a module with ``lstm_forward``, ``lstm_backward``, ``gru_forward`` and
+``gru_backward`` taking the ops' arguments (without ``backend``), plus ``unavailable()`` (None, or
+the reason it cannot run here and what to install) and ``unsupported(device, dtype)`` (None,
+or why it cannot run that device/dtype).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+import torch
+
+NAMES = ("reference", "triton", "cuda")
+CHOICES = ("auto",) + NAMES
+# Fastest first: what "auto" picks for CUDA tensors.
+_AUTO_ORDER_CUDA = ("cuda", "triton", "reference")
+
+
+def get(name: str):
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
+    return importlib.import_module(f"{__name__}.{name}_backend")
+
+
+def saves_input(name: str) -> bool:
+    """Whether the backend's backward needs ``gx`` (only the reference re-runs the forward)."""
+    return name == "reference"
+
+
+def check(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Raises ValueError/TypeError naming why ``name`` cannot run on device/dtype."""
+    backend = get(name)
+    reason = backend.unavailable()
+    if reason is not None:
+        raise ValueError(f"backend={name!r} is not available: {reason}")
+    reason = backend.unsupported(device, dtype)
+    if reason is not None:
+        raise TypeError(f"backend={name!r} does not support {dtype} on {device.type}: {reason}")
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend for a call: "auto" picks the fastest that runs here."""
+    if name != "auto":
+        check(name, device, dtype)
+        return name
+    if device.type != "cuda":
+        return "reference"
+    for candidate in _AUTO_ORDER_CUDA:
+        backend = get(candidate)
+        if backend.unavailable() is None and backend.unsupported(device, dtype) is None:
+            return candidate
+    return "reference"
+
+
+def available() -> dict:
+    """{name: None if usable here, else the reason} for every backend."""
+    return {name: get(name).unavailable() for name in NAMES}
+
+
+def unsupported_reason(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    return get(name).unsupported(device, dtype)

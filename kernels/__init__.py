@@ -1,0 +1,1 @@
+"""Triton kernels of fastrnn (installed as fastrnn.kernels)."""
