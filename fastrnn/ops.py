@@ -41,6 +41,11 @@ def lstm_stats_width(layer_norm: bool, ln_groups: int) -> int:
     return 2 * ln_groups + 2 if layer_norm else 0
 
 
+def cell_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The carried cell state's dtype: float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def gru_stats_width(layer_norm: bool, ln_groups: int) -> int:
     return 2 * ln_groups if layer_norm else 0
 
@@ -54,7 +59,8 @@ def lstm_forward(gx: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ln_hh_weight:
                  seed: Tensor, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
                  candidate_dropout: float, training: bool, reverse: bool,
                  backend: str) -> Tensors6:
-    """-> (out [T,B,H], h_n [B,H], c_n [B,H], preact [T,B,4H], cell [T,B,H] f32, stats [T,B,S] f32)."""
+    """-> (out [T,B,H], h_n [B,H], c_n [B,H], preact [T,B,4H], cell [T,B,H], stats [T,B,S] f32);
+    cell is float32 (float64 for float64 inputs)."""
     return backends.get(backend).lstm_forward(
         gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
         recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
@@ -69,7 +75,7 @@ def _(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, length
     width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
     return (gx.new_empty(steps, batch, hidden), gx.new_empty(batch, hidden),
             gx.new_empty(batch, hidden), gx.new_empty(gx.shape),
-            gx.new_empty(steps, batch, hidden, dtype=torch.float32),
+            gx.new_empty(steps, batch, hidden, dtype=cell_dtype(gx.dtype)),
             gx.new_empty(steps, batch, width, dtype=torch.float32))
 
 

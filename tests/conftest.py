@@ -9,3 +9,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))

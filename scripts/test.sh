@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test suite. On a CPU-only machine the Triton kernels run under TRITON_INTERPRET=1 and the
+# GPU-marked tests are skipped; on a GPU machine run it with TRITON_INTERPRET=0 to test the
+# kernels on the device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
+python -m pytest -q "$@"
