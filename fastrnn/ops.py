@@ -19,8 +19,7 @@ Saved for backward (per (t, b), G·H + H values for the LSTM, G·H + H for the G
 float32 layer-norm statistics): ``preact`` (the gate pre-activations), ``cell`` (the carried
 float32 cell state, LSTM) or ``hidden_n`` (``W_hn h + b_hn`` after layer norm, GRU), ``stats``
 (per-group mean and rstd).  With layer norm the backward recomputes ``W_hh h_{t-1}`` for all t in
-one GEMM from ``out`` rather than saving it.  ``gx`` is saved only for the reference backend,
-whose backward re-runs the reference cells under ``torch.func.vjp``.
+one GEMM from ``out`` rather than saving it; ``gx`` is not kept.
 """
 from __future__ import annotations
 
@@ -81,7 +80,7 @@ def _(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, length
 
 @torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
 def lstm_backward(grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, out: Tensor,
-                  preact: Tensor, cell: Tensor, stats: Tensor, gx: Optional[Tensor], w_hh: Tensor,
+                  preact: Tensor, cell: Tensor, stats: Tensor, w_hh: Tensor,
                   b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor],
                   ln_cell_weight: Optional[Tensor], ln_cell_bias: Optional[Tensor], h0: Tensor,
                   c0: Tensor, lengths: Optional[Tensor], recurrent_mask: Optional[Tensor],
@@ -91,13 +90,13 @@ def lstm_backward(grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, out: Ten
     """-> gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0);
     the gradient of an absent optional parameter is an empty tensor."""
     return backends.get(backend).lstm_backward(
-        grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, gx, w_hh, b_hh, ln_hh_weight,
+        grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
         ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed, ln_groups,
         zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse)
 
 
 @lstm_backward.register_fake
-def _(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, gx, w_hh, b_hh, ln_hh_weight,
+def _(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
       ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed, ln_groups, zoneout_cell,
       zoneout_hidden, candidate_dropout, training, reverse, backend):
     return (preact.new_empty(preact.shape), *_empty_like_each(
@@ -114,17 +113,16 @@ def _lstm_setup_context(ctx, inputs, output):
     out, _, _, preact, cell, stats = output
     ctx.options = options
     ctx.mark_non_differentiable(preact, cell, stats)
-    keep_gx = gx if backends.saves_input(options[-1]) else None
-    ctx.save_for_backward(out, preact, cell, stats, keep_gx, w_hh, b_hh, ln_hh_weight,
+    ctx.save_for_backward(out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
                           ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed)
 
 
 def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_):
-    (out, preact, cell, stats, gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
+    (out, preact, cell, stats, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
      c0, lengths, recurrent_mask, seed) = ctx.saved_tensors
     grads = torch.ops.fastrnn.lstm_backward(
         _or_zeros(grad_out, out), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0), out, preact,
-        cell, stats, gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
+        cell, stats, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
         recurrent_mask, seed, *ctx.options)
     d_gx, d_w_hh, d_b_hh, d_ln_hh, d_ln_cell_w, d_ln_cell_b, d_h0, d_c0 = grads
     return (d_gx, d_w_hh, _present(d_b_hh, b_hh), _present(d_ln_hh, ln_hh_weight),
@@ -161,19 +159,19 @@ def _(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups
 
 @torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
 def gru_backward(grad_out: Tensor, grad_h_n: Tensor, out: Tensor, preact: Tensor,
-                 hidden_n: Tensor, stats: Tensor, gx: Optional[Tensor], w_hh: Tensor,
+                 hidden_n: Tensor, stats: Tensor, w_hh: Tensor,
                  b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor], h0: Tensor,
                  lengths: Optional[Tensor], recurrent_mask: Optional[Tensor], seed: Tensor,
                  ln_groups: int, zoneout: float, candidate_dropout: float, training: bool,
                  reverse: bool, backend: str) -> Tensors5:
     """-> gradients of (gx, w_hh, b_hh, ln_hh_weight, h0); empty for an absent parameter."""
     return backends.get(backend).gru_backward(
-        grad_out, grad_h_n, out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight, h0,
+        grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0,
         lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout, training, reverse)
 
 
 @gru_backward.register_fake
-def _(grad_out, grad_h_n, out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight, h0, lengths,
+def _(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0, lengths,
       recurrent_mask, seed, ln_groups, zoneout, candidate_dropout, training, reverse, backend):
     return (preact.new_empty(preact.shape), *_empty_like_each(w_hh, b_hh, ln_hh_weight, h0,
                                                               like=w_hh))
@@ -184,16 +182,15 @@ def _gru_setup_context(ctx, inputs, output):
     out, _, preact, hidden_n, stats = output
     ctx.options = options
     ctx.mark_non_differentiable(preact, hidden_n, stats)
-    keep_gx = gx if backends.saves_input(options[-1]) else None
-    ctx.save_for_backward(out, preact, hidden_n, stats, keep_gx, w_hh, b_hh, ln_hh_weight, h0,
+    ctx.save_for_backward(out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0,
                           lengths, recurrent_mask, seed)
 
 
 def _gru_backward(ctx, grad_out, grad_h_n, *_):
-    (out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask,
+    (out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask,
      seed) = ctx.saved_tensors
     d_gx, d_w_hh, d_b_hh, d_ln_hh, d_h0 = torch.ops.fastrnn.gru_backward(
-        _or_zeros(grad_out, out), _or_zeros(grad_h_n, h0), out, preact, hidden_n, stats, gx, w_hh,
+        _or_zeros(grad_out, out), _or_zeros(grad_h_n, h0), out, preact, hidden_n, stats, w_hh,
         b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, *ctx.options)
     return (d_gx, d_w_hh, _present(d_b_hh, b_hh), _present(d_ln_hh, ln_hh_weight), d_h0,
             None, None, None) + (None,) * len(ctx.options)

@@ -8,8 +8,6 @@ or why it cannot run that device/dtype).
 from __future__ import annotations
 
 import importlib
-from typing import Optional
-
 import torch
 
 NAMES = ("reference", "triton", "cuda")
@@ -22,11 +20,6 @@ def get(name: str):
     if name not in NAMES:
         raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
     return importlib.import_module(f"{__name__}.{name}_backend")
-
-
-def saves_input(name: str) -> bool:
-    """Whether the backend's backward needs ``gx`` (only the reference re-runs the forward)."""
-    return name == "reference"
 
 
 def check(name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -57,7 +50,3 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
 def available() -> dict:
     """{name: None if usable here, else the reason} for every backend."""
     return {name: get(name).unavailable() for name in NAMES}
-
-
-def unsupported_reason(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    return get(name).unsupported(device, dtype)

@@ -32,7 +32,7 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
                            lengths, recurrent_mask, reg, R.MaskSource(seed), ln_groups, reverse)
 
 
-def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, gx, w_hh, b_hh,
+def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh,
                   ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
                   seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
                   reverse):
@@ -49,7 +49,7 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
                           R.MaskSource(seed), ln_groups, reverse)
 
 
-def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight,
+def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight,
                  h0, lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout,
                  training, reverse):
     reg = _regularizers(0.0, zoneout, candidate_dropout, training)
