@@ -1,0 +1,118 @@
+"""The workloads of a benchmark run: cells, shapes, dtypes and modes (BENCHMARKS.md "the grid")."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A benchmarked cell: the fastrnn family, its module options, and the plain cell it is
+    measured against (the cuDNN floor lacks layer norm and regularizers)."""
+    family: str                     # "lstm" or "gru"
+    options: Dict[str, object]
+    training: bool = False          # run the module in train mode (masks drawn) in both modes
+
+    @property
+    def baseline(self) -> str:
+        return self.family
+
+
+CELLS: Dict[str, Cell] = {
+    "lstm": Cell("lstm", {}),
+    "gru": Cell("gru", {}),
+    "ln_lstm": Cell("lstm", {"layer_norm": True, "ln_groups": 1}),
+    # BENCHMARKS.md measures the regularized GRU in train mode: the masks are part of its cost.
+    "gru_reg": Cell("gru", {"zoneout": 0.1, "recurrent_dropout": 0.25}, training=True),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("forward", "train")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    cell: str
+    B: int
+    H: int
+    T: int
+    dtype: str
+    mode: str
+
+    @property
+    def input_size(self) -> int:
+        return self.H  # BENCHMARKS.md: I = H
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def spec(self) -> Cell:
+        return CELLS[self.cell]
+
+    def with_cell(self, cell: str) -> "Workload":
+        return dataclasses.replace(self, cell=cell)
+
+    def label(self) -> str:
+        return f"{self.cell} B={self.B} H={self.H} T={self.T} {self.dtype} {self.mode}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A product of axes plus a few extra points (the peers' published shape)."""
+    cells: Sequence[str]
+    batch: Sequence[int]
+    hidden: Sequence[int]
+    steps: Sequence[int]
+    dtypes: Sequence[str]
+    modes: Sequence[str]
+    extra: Sequence[Workload] = ()
+
+
+def _peer_shape(cells: Sequence[str]) -> List[Workload]:
+    return [Workload(cell, 16, 768, 1024, "float16", mode) for cell in cells for mode in MODES]
+
+
+ALL_CELLS = ("ln_lstm", "gru_reg", "lstm", "gru")
+
+PRESETS: Dict[str, Preset] = {
+    "gpu": Preset(ALL_CELLS, (16, 64, 256), (256, 512, 1024), (512,),
+                  ("bfloat16", "float16", "float32"), MODES, extra=_peer_shape(ALL_CELLS)),
+    "headline": Preset(("ln_lstm", "gru_reg"), (64,), (512,), (512,), ("bfloat16",), ("train",),
+                       extra=_peer_shape(ALL_CELLS)),
+    # Seconds on two CPU cores: shows the harness works, says nothing about the fused kernels.
+    "cpu": Preset(ALL_CELLS, (4,), (32, 64), (16,), ("float32",), MODES),
+}
+
+
+def build_grid(preset: Preset, cells: Optional[Sequence[str]] = None,
+               batch: Optional[Sequence[int]] = None, hidden: Optional[Sequence[int]] = None,
+               steps: Optional[Sequence[int]] = None, dtypes: Optional[Sequence[str]] = None,
+               modes: Optional[Sequence[str]] = None) -> List[Workload]:
+    """The preset's workloads with any axis replaced by the given values.
+
+    Giving a shape axis (batch, hidden, steps) drops the preset's extra points: the grid is then
+    exactly the product the caller asked for.
+    """
+    axes = [cells or preset.cells, batch or preset.batch, hidden or preset.hidden,
+            steps or preset.steps, dtypes or preset.dtypes, modes or preset.modes]
+    points = [Workload(*values) for values in itertools.product(*axes)]
+    if not (batch or hidden or steps):
+        points += [w for w in preset.extra
+                   if w.cell in axes[0] and w.dtype in axes[4] and w.mode in axes[5]]
+    unique = list(dict.fromkeys(points))
+    for workload in unique:
+        if workload.cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {workload.cell!r}")
+        if workload.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {workload.dtype!r}")
+        if workload.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {workload.mode!r}")
+    # All dtypes of one shape and mode run back to back so that their float32 reference is
+    # computed once.
+    return sorted(unique, key=lambda w: (ALL_CELLS.index(w.cell), w.B, w.H, w.T, w.mode,
+                                         list(DTYPES).index(w.dtype)))

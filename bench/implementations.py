@@ -1,0 +1,134 @@
+"""What one benchmark run compares: each implementation says whether it runs here, which cells
+it implements, and prepares itself for a workload (BENCHMARKS.md "implementations").
+
+Names: "fastrnn-triton", "fastrnn-cuda" (the fused backends), "reference-eager" (the fastrnn
+module with backend="reference", a Python loop over time), "reference-compiled"
+(bench/compiled.py), "cudnn" (torch.nn.LSTM / GRU on CUDA; on CPU the same modules run ATen's
+CPU kernels and the row is called "torch-nn"), and the peers of bench/peers.py.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+import fastrnn
+from fastrnn import backends
+
+from .grid import Workload
+from .measure import Prepared, Result, Settings, peak_memory_bytes, seeded_result, time_ms
+
+
+@dataclasses.dataclass
+class Measurement:
+    times_ms: List[float]
+    peak_mem_bytes: Optional[int]
+    result: Optional[Result]          # the seeded step compared with the float32 reference
+    compile_s: Optional[float] = None
+    note: Optional[str] = None
+
+
+def module_prepared(module: nn.Module) -> Prepared:
+    """Any module with torch.nn.LSTM's call convention: out, (h_n, c_n) or out, h_n."""
+    def forward(x):
+        out, state = module(x)
+        return (out,) + (tuple(state) if isinstance(state, tuple) else (state,))
+    return Prepared(forward, dict(module.named_parameters()))
+
+
+def fastrnn_module(workload: Workload, params: Dict[str, torch.Tensor], device: torch.device,
+                   backend: str, dtype: torch.dtype) -> nn.Module:
+    spec = workload.spec
+    cls = fastrnn.LSTM if spec.family == "lstm" else fastrnn.GRU
+    module = cls(workload.input_size, workload.H, backend=backend, device=device, dtype=dtype,
+                 **spec.options)
+    module.load_state_dict(params)
+    return module.train(spec.training)
+
+
+def float32_reference(workload: Workload, params, x: torch.Tensor, device: torch.device,
+                      seed: int) -> Result:
+    """The float32 reference step every checked row is compared with (same weights, same
+    input, same masks)."""
+    module = fastrnn_module(workload, params, device, "reference", torch.float32)
+    return seeded_result(module_prepared(module), x, workload.mode, seed)
+
+
+def measure_prepared(prepared: Prepared, mode: str, inputs: Sequence[torch.Tensor],
+                     settings: Settings, device: torch.device, checked: bool) -> Measurement:
+    """Times, peak memory and (if ``checked``) the seeded step of one prepared implementation."""
+    times = time_ms(prepared, inputs, mode, settings, device)
+    peak = peak_memory_bytes(prepared, inputs[0], mode, device)
+    result = seeded_result(prepared, inputs[0], mode, settings.seed) if checked else None
+    return Measurement(times, peak, result)
+
+
+class Implementation:
+    """Base: an implementation measured in this process."""
+    name: str
+    cells: Sequence[str] = ("ln_lstm", "gru_reg", "lstm", "gru")
+    # Computes fastrnn's math on the same parameters, so its error against the reference means
+    # something; peers with another parameter layout or another cell report None.
+    checked: bool = True
+
+    def missing(self, device: torch.device) -> Optional[str]:
+        """None if it can run on this machine, else why not and what to install."""
+        return None
+
+    def unsupported(self, workload: Workload, device: torch.device) -> Optional[str]:
+        return None
+
+    def prepare(self, workload: Workload, params, device: torch.device) -> Prepared:
+        raise NotImplementedError
+
+    def measure(self, workload: Workload, params, inputs: Sequence[torch.Tensor],
+                settings: Settings, device: torch.device) -> Measurement:
+        return measure_prepared(self.prepare(workload, params, device), workload.mode, inputs,
+                                settings, device, self.checked)
+
+
+class FastrnnBackend(Implementation):
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = f"fastrnn-{backend}"
+
+    def missing(self, device):
+        if device.type != "cuda":
+            return ("needs a CUDA GPU: the fused kernels run on CUDA devices (the Triton "
+                    "interpreter checks their math on CPU and is never timed)")
+        return backends.available()[self.backend]
+
+    def unsupported(self, workload, device):
+        return backends.unsupported_reason(self.backend, device, workload.torch_dtype)
+
+    def prepare(self, workload, params, device):
+        return module_prepared(fastrnn_module(workload, params, device, self.backend,
+                                              workload.torch_dtype))
+
+
+class ReferenceEager(Implementation):
+    name = "reference-eager"
+
+    def prepare(self, workload, params, device):
+        return module_prepared(fastrnn_module(workload, params, device, "reference",
+                                              workload.torch_dtype))
+
+
+class TorchNN(Implementation):
+    """torch.nn.LSTM / GRU: cuDNN on CUDA, the floor every ratio is taken against.  It runs the
+    plain cell of each workload's family (bench.suite.plan)."""
+
+    def __init__(self, device: torch.device):
+        self.name = baseline_name(device)
+
+    def prepare(self, workload, params, device):
+        cls = nn.LSTM if workload.spec.family == "lstm" else nn.GRU
+        module = cls(workload.input_size, workload.H, device=device, dtype=workload.torch_dtype)
+        module.load_state_dict(params)
+        return module_prepared(module)
+
+
+def baseline_name(device: torch.device) -> str:
+    return "cudnn" if device.type == "cuda" else "torch-nn"

@@ -1,0 +1,134 @@
+"""Timing, peak memory and accuracy of one implementation on one workload.
+
+An implementation hands the harness a ``Prepared``: a forward function on an input [T, B, I]
+and the parameters a training step differentiates.  The harness owns everything else, so every
+implementation is timed, measured and checked the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass
+class Settings:
+    warmup: int = 3             # untimed calls first (autotuning, allocator, lazy builds)
+    min_repeats: int = 5
+    max_repeats: int = 50
+    row_seconds: float = 2.0    # stop repeating after this long once min_repeats are done
+    input_sets: int = 4         # inputs cycled while timing, so no call reads warm caches
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Prepared:
+    forward: Callable[[Tensor], Sequence[Tensor]]   # x -> (out, h_n[, c_n])
+    params: Dict[str, Tensor]                       # leaves differentiated by a training step
+
+
+@dataclasses.dataclass
+class Result:
+    """What a step produced: the outputs and, for a training step, gradients by name."""
+    outputs: List[Tensor]
+    grads: Dict[str, Tensor]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step(prepared: Prepared, x: Tensor, mode: str) -> Result:
+    """Inference forward without autograd, or forward + backward of the sum of the outputs."""
+    if mode == "forward":
+        with torch.no_grad():
+            return Result(list(prepared.forward(x)), {})
+    x = x.detach().requires_grad_(True)
+    outputs = list(prepared.forward(x))
+    names = ["input"] + list(prepared.params)
+    leaves = [x] + list(prepared.params.values())
+    grads = torch.autograd.grad(outputs[0].sum(), leaves, allow_unused=True)
+    return Result([o.detach() for o in outputs],
+                  {n: g for n, g in zip(names, grads) if g is not None})
+
+
+def _elapsed_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    begin = time.perf_counter()
+    fn()
+    synchronize(device)
+    return (time.perf_counter() - begin) * 1e3
+
+
+def time_ms(prepared: Prepared, inputs: Sequence[Tensor], mode: str, settings: Settings,
+            device: torch.device) -> List[float]:
+    """Milliseconds of each timed call (warm-up excluded), inputs cycled call by call."""
+    for i in range(settings.warmup):
+        step(prepared, inputs[i % len(inputs)], mode)
+    synchronize(device)
+    times: List[float] = []
+    began = time.perf_counter()
+    while len(times) < settings.max_repeats and (
+            len(times) < settings.min_repeats or time.perf_counter() - began < settings.row_seconds):
+        x = inputs[len(times) % len(inputs)]
+        times.append(_elapsed_ms(lambda: step(prepared, x, mode), device))
+    return times
+
+
+def peak_memory_bytes(prepared: Prepared, x: Tensor, mode: str,
+                      device: torch.device) -> Optional[int]:
+    """Peak bytes allocated during one call above what was allocated before it (weights and
+    input sets excluded); None off CUDA, where torch keeps no such statistic."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step(prepared, x, mode)
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def seeded_result(prepared: Prepared, x: Tensor, mode: str, seed: int) -> Result:
+    """One step after ``torch.manual_seed(seed)``: every fastrnn implementation then draws the
+    same mask seed, so regularized cells are compared under identical masks."""
+    torch.manual_seed(seed)
+    return step(prepared, x, mode)
+
+
+def max_rel_err(actual: Tensor, expected: Tensor) -> float:
+    """max |actual - expected| / max |expected|, in float64."""
+    actual, expected = actual.double(), expected.double()
+    scale = expected.abs().max().clamp_min(1e-12)
+    return ((actual - expected).abs().max() / scale).item()
+
+
+def errors(result: Result, reference: Result) -> Dict[str, Optional[float]]:
+    """Worst relative error over the outputs and over the gradients; None if not finite (a
+    non-finite value must not read as a number in a table)."""
+    def worst(pairs):
+        values = [max_rel_err(a, e) for a, e in pairs]
+        if not values:
+            return None
+        top = max(values)
+        return top if math.isfinite(top) else None
+
+    out = worst(zip(result.outputs, reference.outputs))
+    grad = worst((result.grads[name], reference.grads[name])
+                 for name in reference.grads if name in result.grads)
+    finite = [e for e in (out, grad) if e is not None]
+    broken = out is None or (reference.grads and grad is None)
+    return {"max_rel_err": None if broken else max(finite), "max_rel_err_out": out,
+            "max_rel_err_grad": grad}

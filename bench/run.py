@@ -1,0 +1,141 @@
+"""The benchmark's one entry point: ``python -m bench.run`` from the repository root.
+
+On a CUDA machine it runs the BENCHMARKS.md grid (``--headline`` for the headline rows only)
+and publishes bench/results/<gpu>-<date>.{json,md,png}.  Without a GPU it runs a small CPU grid
+(reference against torch.nn) into bench/cache/, which says nothing about the fused kernels.
+``--headline-table FILE`` prints the README's headline table from a result JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+from . import report
+from .grid import CELLS, DTYPES, MODES, PRESETS, build_grid
+from .measure import Settings
+from .suite import all_implementations, plan, run_jobs
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(BENCH_DIR, "results")   # published GPU runs only
+CACHE_DIR = os.path.join(BENCH_DIR, "cache")       # git-ignored: CPU and scratch runs
+# Too slow to be a default off GPU: inductor compiles a C++ kernel per shape for minutes.
+CPU_DEFAULT_SKIPS = ("reference-compiled",)
+IMPL_ALIASES = {"torch-nn": "cudnn", "cudnn": "torch-nn"}
+
+
+def _csv(cast):
+    return lambda text: [cast(v) for v in text.split(",") if v]
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--headline", action="store_true",
+                   help="only the headline rows of BENCHMARKS.md (and their cuDNN rows)")
+    p.add_argument("--cells", type=_csv(str), help=f"subset of {','.join(CELLS)}")
+    p.add_argument("--batch", "-B", type=_csv(int), help="batch sizes, e.g. 16,64")
+    p.add_argument("--hidden", "-H", type=_csv(int), help="hidden sizes (I = H)")
+    p.add_argument("--steps", "-T", type=_csv(int), help="sequence lengths")
+    p.add_argument("--dtypes", type=_csv(str), help=f"subset of {','.join(DTYPES)}")
+    p.add_argument("--modes", type=_csv(str), help=f"subset of {','.join(MODES)}")
+    p.add_argument("--impls", type=_csv(str),
+                   help="implementations to run (default: all; on CPU all but reference-compiled)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--out-dir", help="where result files go (default: bench/results on a GPU, "
+                                     "bench/cache on CPU)")
+    p.add_argument("--fresh", action="store_true",
+                   help="overwrite today's result file instead of merging into it")
+    p.add_argument("--compile-budget", type=float, default=600.0,
+                   help="seconds torch.compile may take per row before the row reports a timeout")
+    p.add_argument("--warmup", type=int, help="untimed calls per row")
+    p.add_argument("--repeats", type=int, help="most timed calls per row")
+    p.add_argument("--min-repeats", type=int, help="fewest timed calls per row")
+    p.add_argument("--row-seconds", type=float,
+                   help="stop timing a row after this long once min-repeats are done")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--headline-table", metavar="JSON",
+                   help="print the README headline table of a result file and exit")
+    p.add_argument("--render", metavar="JSON",
+                   help="rewrite the markdown table and plot beside a result file and exit")
+    return p.parse_args(argv)
+
+
+def settings_for(args, device: torch.device) -> Settings:
+    defaults = (Settings() if device.type == "cuda"
+                else Settings(warmup=1, min_repeats=3, max_repeats=10, row_seconds=0.5))
+    return Settings(warmup=args.warmup if args.warmup is not None else defaults.warmup,
+                    min_repeats=args.min_repeats or defaults.min_repeats,
+                    max_repeats=args.repeats or defaults.max_repeats,
+                    row_seconds=args.row_seconds if args.row_seconds is not None
+                    else defaults.row_seconds)
+
+
+def select_implementations(args, device: torch.device):
+    impls = all_implementations(device, args.compile_budget)
+    names = [i.name for i in impls]
+    if args.impls is None:
+        skipped = CPU_DEFAULT_SKIPS if device.type != "cuda" else ()
+        for name in skipped:
+            print(f"note: {name} is not run by default without a GPU (inductor compiles C++ "
+                  f"per shape for minutes); add it with --impls")
+        return [i for i in impls if i.name not in skipped]
+    wanted = {IMPL_ALIASES.get(n, n) if n not in names else n for n in args.impls}
+    unknown = wanted - set(names)
+    if unknown:
+        sys.exit(f"--impls: unknown {sorted(unknown)}; choose from {names}")
+    return [i for i in impls if i.name in wanted]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.headline_table:
+        with open(args.headline_table) as f:
+            print(report.headline_table(json.load(f)), end="")
+        return 0
+    if args.render:
+        report.render(args.render)
+        return 0
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = PRESETS["headline" if args.headline else ("gpu" if device.type == "cuda" else "cpu")]
+    try:
+        workloads = build_grid(preset, args.cells, args.batch, args.hidden, args.steps,
+                               args.dtypes, args.modes)
+    except ValueError as error:
+        sys.exit(str(error))
+    settings = settings_for(args, device)
+    environment = report.environment(device)
+    print(f"device: {environment['device']}; torch {environment['torch']}, "
+          f"triton {environment['triton']}, CUDA {environment['cuda']}")
+    if device.type != "cuda":
+        print("No CUDA GPU here: the fused kernels (fastrnn-triton, fastrnn-cuda) need one. "
+              "This run times the reference against torch.nn on CPU, a check of the harness, "
+              "not a result.")
+    jobs, missing = plan(workloads, select_implementations(args, device), device)
+    for entry in missing:
+        dtype = f" ({entry['dtype']})" if entry.get("dtype") else ""
+        print(f"missing: {entry['impl']}{dtype}: {entry['reason']}")
+    print(f"{len(workloads)} workloads, {len(jobs)} rows")
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    rows, failed = run_jobs(jobs, settings, device, progress=not args.no_progress)
+    document = {**environment, "rows": rows, "missing": missing, "failed": failed,
+                "runs": [{"started": started, "argv": sys.argv[1:] if argv is None else argv,
+                          "settings": vars(settings)}]}
+    out_dir = args.out_dir or (RESULTS_DIR if device.type == "cuda" else CACHE_DIR)
+    paths = report.write(document, out_dir, fresh=args.fresh)
+    if len(rows) <= 64:
+        print(report.rows_table(rows), end="")
+    for entry in failed:
+        print(f"failed: {entry['impl']} {entry['cell']} B={entry['B']} H={entry['H']} "
+              f"{entry['dtype']} {entry['mode']}: {entry['error'][:300]}")
+    print("wrote " + ", ".join(paths.values()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
