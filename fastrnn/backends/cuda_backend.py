@@ -1,9 +1,245 @@
-"""The cuda backend (not built yet)."""
+"""The cuda backend: persistent CUDA kernels from csrc/, one launch per layer and direction.
+
+How it is put together (NOTES.md, option (a)): the kernels live in ``.cu`` files that include only
+CUDA headers and are exposed by a small pybind11 module, ``fastrnn._C``, that takes device
+addresses, sizes, dtype codes and the stream handle.  This module is the rest of the backend: it
+allocates every tensor with torch, launches on ``torch.cuda.current_stream()``, and does the work
+around the recurrence with torch ops: the weight gradient ``d W_hh = d_hhᵀ (d ⊙ h_{t-1})`` as one
+GEMM, the recomputation of ``W_hh (d ⊙ h_{t-1})`` for all t when the layer-norm backward needs it,
+and the sum of the per-tile parameter-gradient partials.  So csrc/ compiles without a CUDA build
+of torch (``.ci/compile_csrc.sh`` checks it on CPU machines), and the ops of ``fastrnn.ops`` reach
+it as ``backend="cuda"``.  Nothing here synchronizes with the host, so calls can be captured in
+CUDA graphs.  csrc/README.md describes the kernels.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import masks as M
+from . import cuda_build
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
+_GATES = {"lstm": 4, "gru": 3}
+
+_extension = None
+_load_error: Optional[str] = None
 
 
-def unavailable():
-    return "the cuda backend is not implemented yet"
+def unavailable() -> Optional[str]:
+    """Why the backend cannot run here (and what to install), or None.  Never compiles anything."""
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is built without CUDA; install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/)")
+    if _load_error is not None:
+        return _load_error
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)"
+    if _extension is not None or cuda_build.installed_extension_present():
+        return None
+    return cuda_build.jit_unavailable()
 
 
-def unsupported(device, dtype):
+def unsupported(device, dtype) -> Optional[str]:
+    if device.type != "cuda":
+        return "the CUDA kernels run CUDA tensors only (CPU tensors run on backend='reference')"
+    if dtype not in DTYPES:
+        return "the CUDA kernels take float32, bfloat16 and float16 (float64 runs on backend='reference')"
+    if torch.cuda.get_device_capability(device)[0] < 8:
+        return "the CUDA kernels need compute capability 8.0 or newer; use backend='triton'"
     return None
+
+
+def _ext():
+    global _extension, _load_error
+    if _extension is None:
+        try:
+            _extension = cuda_build.load_extension()
+        except Exception as error:  # a failed build must not be retried on every call
+            _load_error = f"the CUDA extension could not be built or loaded: {error}"
+            raise RuntimeError(f"fastrnn: {_load_error}") from error
+    return _extension
+
+
+def _contiguous(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if tensor is None else tensor.contiguous()
+
+
+def _address(tensor: Optional[torch.Tensor]) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+class _Call:
+    """One recurrence call: sizes, options, its plan on the device, and the launch."""
+
+    def __init__(self, cell: str, backward: bool, gx_like: torch.Tensor, w_hh: torch.Tensor,
+                 ln_hh_weight, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
+                 candidate_dropout: float, training: bool, reverse: bool):
+        gates = _GATES[cell]
+        if ln_groups not in (1, gates):
+            raise ValueError(f"ln_groups must be 1 or {gates} for the {cell.upper()}, got {ln_groups}")
+        self.cell, self.backward, self.device = cell, backward, gx_like.device
+        self.steps, self.batch, self.hidden = gx_like.shape[0], gx_like.shape[1], w_hh.shape[1]
+        self.gates = gates
+        self.empty = self.steps == 0 or self.batch == 0
+        self.options = dict(
+            steps=self.steps, batch=self.batch, hidden=self.hidden, gates=gates, ln_groups=ln_groups,
+            dtype=_DTYPE_CODES[gx_like.dtype], reverse=int(reverse), training=int(training),
+            zoneout_cell=float(zoneout_cell), zoneout_cell_threshold=M.threshold(zoneout_cell),
+            zoneout_hidden=float(zoneout_hidden), zoneout_hidden_threshold=M.threshold(zoneout_hidden),
+            candidate_dropout=float(candidate_dropout),
+            candidate_threshold=M.threshold(candidate_dropout))
+        self.plan = None
+        if not self.empty:
+            try:
+                self.plan = _ext().plan(cell, backward, self.hidden, self.batch, self.options["dtype"],
+                                        ln_hh_weight is not None)
+            except ValueError as error:
+                raise ValueError(f"backend='cuda' cannot run this layer: {error}") from None
+
+    def workspace(self, *shape, dtype=torch.float32) -> torch.Tensor:
+        return torch.empty(shape, device=self.device, dtype=dtype)
+
+    def scratch(self) -> torch.Tensor:
+        return self.workspace(self.plan["scratch_floats"])
+
+    def launch(self, **tensors) -> None:
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream(self.device).cuda_stream
+            _ext().launch(self.cell, self.backward, stream=stream, **self.options, **self.plan,
+                          **{name: _address(t) for name, t in tensors.items()})
+
+
+def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, device):
+    return dict(w_hh=w_hh.contiguous(), b_hh=_contiguous(b_hh), ln_hh_weight=_contiguous(ln_hh_weight),
+                h0=h0.contiguous(), recurrent_mask=_contiguous(recurrent_mask),
+                lengths=None if lengths is None else lengths.to(device=device, dtype=torch.int64).contiguous(),
+                seed=seed.to(device=device, dtype=torch.int64).contiguous())
+
+
+def _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse):
+    """d ⊙ h_{t-1} for every step t, as the forward's product read it: the state of the previous
+    step of the sequence (its out row), or h0 at the sequence's first step."""
+    first = h0.unsqueeze(0)
+    if not reverse:
+        previous = torch.cat([first, out[:-1]])
+    else:
+        previous = torch.cat([out[1:], first])
+        if lengths is not None:
+            steps = torch.arange(out.shape[0], device=out.device).unsqueeze(1)
+            starts = (steps + 1 >= lengths.to(out.device).unsqueeze(0)).unsqueeze(-1)
+            previous = torch.where(starts, first, previous)
+    return previous if recurrent_mask is None else previous * recurrent_mask
+
+
+def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
+    """d W_hh by one GEMM, and the per-tile partial sums of d b_hh, d γ_hh, d γ_c, d β_c."""
+    rows = call.gates * call.hidden
+    d_w_hh = d_hh.reshape(-1, rows).t().matmul(inputs.reshape(-1, call.hidden))
+    sums = partials.sum(0)
+    slices = {"b_hh": sums[:rows], "ln_hh_weight": sums[rows:2 * rows],
+              "ln_cell_weight": sums[2 * rows:2 * rows + call.hidden],
+              "ln_cell_bias": sums[2 * rows + call.hidden:]}
+    grads = {name: (slices[name].to(w_hh.dtype) if tensor is not None else w_hh.new_empty(0))
+             for name, tensor in present.items()}
+    return d_w_hh, grads
+
+
+# ---------------------------------------------------------------------------------------- LSTM
+
+def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
+                 recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
+                 training, reverse):
+    call = _Call("lstm", False, gx, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
+                 candidate_dropout, training, reverse)
+    steps, batch, hidden = call.steps, call.batch, call.hidden
+    width = 2 * ln_groups + 2 if ln_hh_weight is not None else 0
+    out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
+    cell, stats = call.workspace(steps, batch, hidden), call.workspace(steps, batch, width)
+    if call.empty:
+        return out, h0.clone(), c0.clone(), preact, cell, stats
+    h_n, c_n = gx.new_empty(batch, hidden), gx.new_empty(batch, hidden)
+    call.launch(gx=gx.contiguous(), ln_cell_weight=_contiguous(ln_cell_weight),
+                ln_cell_bias=_contiguous(ln_cell_bias), c0=c0.contiguous(),
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx.device),
+                out=out, h_n=h_n, c_n=c_n, preact=preact, cell=cell, stats=stats,
+                state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
+    return out, h_n, c_n, preact, cell, stats
+
+
+def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, gx, w_hh, b_hh,
+                  ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
+                  seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
+                  reverse):
+    call = _Call("lstm", True, preact, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
+                 candidate_dropout, training, reverse)
+    dtype = preact.dtype
+    present = {"b_hh": b_hh, "ln_hh_weight": ln_hh_weight, "ln_cell_weight": ln_cell_weight,
+               "ln_cell_bias": ln_cell_bias}
+    if call.empty:
+        return (torch.zeros_like(preact), torch.zeros_like(w_hh),
+                *(w_hh.new_zeros(t.shape) if t is not None else w_hh.new_empty(0) for t in present.values()),
+                grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone())
+    inputs = _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
+    layer_norm = ln_hh_weight is not None
+    d_gx = torch.empty_like(preact)
+    d_hh = torch.empty_like(preact) if layer_norm else d_gx  # without layer norm d_hh is d_gx
+    d_h0, d_c0 = torch.empty_like(h0), torch.empty_like(c0)
+    partials = call.workspace(call.plan["tiles"], 2 * 4 * call.hidden + 2 * call.hidden)
+    call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
+                grad_c_n=grad_c_n.to(dtype).contiguous(), out=out.contiguous(), preact=preact.contiguous(),
+                cell=cell.contiguous(), stats=stats.contiguous(),
+                hh=inputs.matmul(w_hh.t()).contiguous() if layer_norm else None,
+                ln_cell_weight=_contiguous(ln_cell_weight), ln_cell_bias=_contiguous(ln_cell_bias),
+                c0=c0.contiguous(),
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact.device),
+                d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, d_c0=d_c0, param_partials=partials, scratch=call.scratch())
+    d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
+    return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], grads["ln_cell_weight"],
+            grads["ln_cell_bias"], d_h0, d_c0)
+
+
+# ----------------------------------------------------------------------------------------- GRU
+
+def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups,
+                zoneout, candidate_dropout, training, reverse):
+    call = _Call("gru", False, gx, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
+                 training, reverse)
+    steps, batch, hidden = call.steps, call.batch, call.hidden
+    width = 2 * ln_groups if ln_hh_weight is not None else 0
+    out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
+    hidden_n, stats = gx.new_empty(steps, batch, hidden), call.workspace(steps, batch, width)
+    if call.empty:
+        return out, h0.clone(), preact, hidden_n, stats
+    h_n = gx.new_empty(batch, hidden)
+    call.launch(gx=gx.contiguous(),
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx.device),
+                out=out, h_n=h_n, preact=preact, hidden_n=hidden_n, stats=stats,
+                state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
+    return out, h_n, preact, hidden_n, stats
+
+
+def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight,
+                 h0, lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout,
+                 training, reverse):
+    call = _Call("gru", True, preact, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
+                 training, reverse)
+    dtype = preact.dtype
+    present = {"b_hh": b_hh, "ln_hh_weight": ln_hh_weight}
+    if call.empty:
+        return (torch.zeros_like(preact), torch.zeros_like(w_hh),
+                *(w_hh.new_zeros(t.shape) if t is not None else w_hh.new_empty(0) for t in present.values()),
+                grad_h_n.to(dtype).clone())
+    inputs = _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
+    layer_norm = ln_hh_weight is not None
+    d_gx, d_hh, d_h0 = torch.empty_like(preact), torch.empty_like(preact), torch.empty_like(h0)
+    partials = call.workspace(call.plan["tiles"], 2 * 3 * call.hidden + 2 * call.hidden)
+    call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
+                out=out.contiguous(), preact=preact.contiguous(), hidden_n=hidden_n.contiguous(),
+                stats=stats.contiguous(), hh=inputs.matmul(w_hh.t()).contiguous() if layer_norm else None,
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact.device),
+                d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials, scratch=call.scratch())
+    d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
+    return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0
