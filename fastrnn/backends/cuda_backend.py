@@ -169,7 +169,7 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
     return out, h_n, c_n, preact, cell, stats
 
 
-def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, gx, w_hh, b_hh,
+def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh,
                   ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
                   seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
                   reverse):
@@ -221,7 +221,7 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
     return out, h_n, preact, hidden_n, stats
 
 
-def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, gx, w_hh, b_hh, ln_hh_weight,
+def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight,
                  h0, lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout,
                  training, reverse):
     call = _Call("gru", True, preact, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
