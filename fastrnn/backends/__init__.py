@@ -12,8 +12,10 @@ import torch
 
 NAMES = ("reference", "triton", "cuda")
 CHOICES = ("auto",) + NAMES
-# Fastest first: what "auto" picks for CUDA tensors.
-_AUTO_ORDER_CUDA = ("cuda", "triton", "reference")
+# What "auto" tries for CUDA tensors, in order.  Triton first: it runs every shape and its
+# recurrent products use tensor cores, while the CUDA kernels refuse W_hh slices that do not fit
+# on chip and multiply on CUDA cores; no GPU benchmark has ranked them yet (bench/).
+_AUTO_ORDER_CUDA = ("triton", "cuda", "reference")
 
 
 def get(name: str):
