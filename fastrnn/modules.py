@@ -1,0 +1,446 @@
+"""Drop-in replacements for torch.nn.LSTM / torch.nn.GRU with layer norm and regularizers.
+
+Same constructor head, parameter names, init-compatible state_dict, forward signature and
+output shapes as torch (SPEC §4); every option beyond torch's is keyword-only and off by
+default, in which case the outputs equal torch's.  Each layer and direction is one call of
+``fastrnn.functional.lstm_layer`` / ``gru_layer``; this file only arranges layouts, states,
+stacking and the inter-layer dropout around them.
+
+With ``learn_initial_state=True`` the default initial states are parameters of shape (H,) per
+layer and direction, broadcast over the batch: ``initial_hidden_l{k}{s}`` (and, for the LSTM,
+``initial_cell_l{k}{s}``), zero at init.  An ``hx`` passed to forward replaces them.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import backends
+from . import functional as FR
+from . import validation as V
+
+Lengths = Union[Tensor, List[int], Tuple[int, ...], None]
+
+
+class _Layout:
+    """How the caller's input maps to time-major (T, B, I), and back for the outputs."""
+
+    def __init__(self, input, batch_first: bool):
+        self.packed = input if isinstance(input, PackedSequence) else None
+        self.batch_first = batch_first
+        self.unbatched = self.packed is None and input.dim() == 2
+        self.packed_lengths: Optional[Tensor] = None
+        if self.packed is not None:
+            padded, self.packed_lengths = pad_packed_sequence(input)  # original batch order
+            self.time_major = padded
+        elif self.unbatched:
+            self.time_major = input.unsqueeze(1)
+        else:
+            self.time_major = input.transpose(0, 1) if batch_first else input
+
+    def output(self, out: Tensor):
+        if self.packed is not None:
+            order = self.packed.sorted_indices
+            sorted_out = out if order is None else out.index_select(1, order)
+            sorted_lengths = (self.packed_lengths if order is None
+                              else self.packed_lengths[order.cpu()])
+            data = pack_padded_sequence(sorted_out, sorted_lengths).data
+            return PackedSequence(data, self.packed.batch_sizes, self.packed.sorted_indices,
+                                  self.packed.unsorted_indices)
+        if self.unbatched:
+            return out.squeeze(1)
+        return out.transpose(0, 1) if self.batch_first else out
+
+    def state(self, h: Tensor) -> Tensor:
+        return h.squeeze(1) if self.unbatched else h
+
+
+@torch.compiler.assume_constant_result
+def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``backends.resolve``, run by torch.compile at trace time: its module import is not
+    traceable, and its answer depends only on these arguments, which the graph guards."""
+    return backends.resolve(name, device, dtype)
+
+
+def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor]) -> None:
+    for block in weight.chunk(gates, dim=0):
+        init(block)
+
+
+class _RecurrentBase(nn.Module):
+    """Parameters, checks and the layer/direction loop shared by LSTM and GRU."""
+
+    gates: int
+    state_names: Tuple[str, ...]        # ("hidden", "cell") or ("hidden",)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
+                 batch_first: bool, dropout: float, bidirectional: bool, *, layer_norm: bool,
+                 ln_groups: int, zoneout: dict, recurrent_dropout: float,
+                 candidate_dropout: float, dropconnect: float, learn_initial_state: bool,
+                 residual: bool, backend: str, device, dtype):
+        super().__init__()
+        V.positive_int("input_size", input_size)
+        V.positive_int("hidden_size", hidden_size)
+        V.positive_int("num_layers", num_layers)
+        V.probability("dropout", dropout)
+        V.probability("recurrent_dropout", recurrent_dropout)
+        V.probability("candidate_dropout", candidate_dropout)
+        V.probability("dropconnect", dropconnect)
+        for name, p in zoneout.items():
+            V.probability(name, p, allow_one=True)
+        V.choice("ln_groups", ln_groups, (1, self.gates))
+        V.choice("backend", backend, backends.CHOICES)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.layer_norm = layer_norm
+        self.ln_groups = ln_groups
+        for name, p in zoneout.items():
+            setattr(self, name, float(p))
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.candidate_dropout = float(candidate_dropout)
+        self.dropconnect = float(dropconnect)
+        self.learn_initial_state = learn_initial_state
+        self.residual = residual
+        self.backend = backend
+        factory = {"device": device, "dtype": dtype}
+        gate_width = self.gates * hidden_size
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for suffix in self._suffixes():
+                self._register(f"weight_ih_l{layer}{suffix}", (gate_width, layer_input), True,
+                               factory)
+                self._register(f"weight_hh_l{layer}{suffix}", (gate_width, hidden_size), True,
+                               factory)
+                self._register(f"bias_ih_l{layer}{suffix}", (gate_width,), bias, factory)
+                self._register(f"bias_hh_l{layer}{suffix}", (gate_width,), bias, factory)
+                for name, size in self._layer_norm_shapes():
+                    self._register(f"{name}_l{layer}{suffix}", (size,), layer_norm, factory)
+                for state in self.state_names:
+                    self._register(f"initial_{state}_l{layer}{suffix}", (hidden_size,),
+                                   learn_initial_state, factory)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------ parameters
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _suffixes(self) -> Tuple[str, ...]:
+        return ("", "_reverse") if self.bidirectional else ("",)
+
+    def _layer_norm_shapes(self) -> List[Tuple[str, int]]:
+        gate_width = self.gates * self.hidden_size
+        return [("ln_ih_weight", gate_width), ("ln_hh_weight", gate_width)]
+
+    def _register(self, name: str, shape, present: bool, factory: dict) -> None:
+        self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory))
+                                if present else None)
+
+    def reset_parameters(self) -> None:
+        """weight_ih Xavier-uniform and weight_hh orthogonal per gate block; biases, learned
+        states and β zero; γ one (SPEC §4)."""
+        with torch.no_grad():
+            for name, parameter in self.named_parameters():
+                if name.startswith("weight_ih"):
+                    _init_per_gate(parameter, self.gates, nn.init.xavier_uniform_)
+                elif name.startswith("weight_hh"):
+                    _init_per_gate(parameter, self.gates, nn.init.orthogonal_)
+                elif name.startswith("ln_") and "weight" in name:
+                    nn.init.ones_(parameter)
+                else:
+                    nn.init.zeros_(parameter)
+
+    def _parameter(self, name: str, layer: int, direction: int) -> Optional[Tensor]:
+        return getattr(self, f"{name}_l{layer}{'_reverse' if direction else ''}")
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase, **options):
+        """A fastrnn module with ``module``'s sizes, layout, weights, device and dtype, plus the
+        fastrnn ``options`` (layer_norm, zoneout, ...)."""
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"from_torch: proj_size must be 0, got {module.proj_size}")
+        weight = module.weight_ih_l0
+        converted = cls(module.input_size, module.hidden_size, module.num_layers,
+                        bias=module.bias, batch_first=module.batch_first,
+                        dropout=module.dropout, bidirectional=module.bidirectional,
+                        device=weight.device, dtype=weight.dtype, **options)
+        converted.load_state_dict(module.state_dict(), strict=False)
+        return converted
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "layer_norm": False, "ln_groups": 1,
+                    **{name: 0.0 for name in self._zoneout_names()}, "recurrent_dropout": 0.0,
+                    "candidate_dropout": 0.0, "dropconnect": 0.0, **self._extra_defaults(),
+                    "learn_initial_state": False, "residual": False, "backend": "auto"}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                text += f", {name}={value!r}"
+        return text
+
+    # --------------------------------------------------------------------------- forward
+
+    def forward(self, input, hx=None, lengths: Lengths = None):
+        if not isinstance(input, PackedSequence):
+            V.input_tensor(input, self.input_size)
+        else:
+            V.input_tensor(input.data, self.input_size)
+            if lengths is not None:
+                raise ValueError("lengths must be None for a PackedSequence input "
+                                 "(it carries its own lengths)")
+        layout = _Layout(input, self.batch_first)
+        x = layout.time_major
+        steps, batch = x.shape[0], x.shape[1]
+        reference = self.weight_ih_l0
+        device_type = x.device.type
+        autocasting = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+        V.same_device_and_dtype("input", x, reference.device,
+                                None if autocasting else reference.dtype)
+        dtype = torch.get_autocast_dtype(device_type) if autocasting else x.dtype
+        backend = _resolve_backend(self.backend, x.device, dtype)
+        if layout.packed is not None:
+            lengths = layout.packed_lengths.to(x.device)
+        elif lengths is not None:
+            if layout.unbatched:
+                raise ValueError("lengths must be None for unbatched (T, input_size) input")
+            lengths = V.lengths(lengths, batch, steps, x.device)
+        states = self._initial_states(hx, layout, batch, x)
+        if batch == 0:
+            return self._empty_result(layout, x, states, dtype)
+        # Everything is cast to the autocast dtype here; autocast inside would re-cast the
+        # GEMMs but not the op's other inputs, and the op needs one dtype.
+        cast_once = (torch.autocast(device_type, enabled=False) if autocasting
+                     else contextlib.nullcontext())
+        with cast_once:
+            out, finals = self._layers(x.to(dtype).contiguous(),
+                                       tuple(s.to(dtype) for s in states), lengths, backend,
+                                       dtype)
+        return layout.output(out), self._pack_states(tuple(layout.state(f) for f in finals))
+
+    def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor) -> Tuple[Tensor, ...]:
+        """The (L·D, B, H) initial states: checked ``hx``, learned ones, or zeros."""
+        count = self.num_layers * self.num_directions
+        if hx is not None:
+            given = self._unpack_states(hx)
+            shape = (count, self.hidden_size) if layout.unbatched else (count, batch,
+                                                                         self.hidden_size)
+            for name, value in zip(self._state_arg_names(), given):
+                V.state(name, value, shape, x.device, x.dtype)
+            if layout.unbatched:
+                return tuple(s.unsqueeze(1) for s in given)
+            return given
+        if self.learn_initial_state:
+            return tuple(torch.stack([self._parameter(f"initial_{state}", layer, direction)
+                                      for layer in range(self.num_layers)
+                                      for direction in range(self.num_directions)])
+                         .unsqueeze(1).expand(count, batch, self.hidden_size)
+                         for state in self.state_names)
+        zeros = x.new_zeros(count, batch, self.hidden_size)
+        return (zeros,) * len(self.state_names)
+
+    def _layers(self, x: Tensor, states: Tuple[Tensor, ...], lengths: Optional[Tensor],
+                backend: str, dtype: torch.dtype):
+        """Runs every layer and direction; returns the last layer's output and the final
+        states stacked as (L·D, B, H)."""
+        finals: List[List[Tensor]] = [[] for _ in states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                weights = {name: self._cast(self._parameter(name, layer, direction), dtype)
+                           for name in self._weight_names()}
+                out, *final = self._recur(layer_input, [s[index] for s in states], lengths,
+                                          weights, backend, layer, direction)
+                outs.append(out)
+                for collected, value in zip(finals, final):
+                    collected.append(value)
+            output = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            if self.residual and layer > 0:
+                output = output + layer_input
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                output = F.dropout(output, self.dropout, training=True)
+            layer_input = output
+        return layer_input, tuple(torch.stack(collected) for collected in finals)
+
+    @staticmethod
+    def _cast(parameter: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+        return None if parameter is None else parameter.to(dtype)
+
+    def _weight_names(self) -> List[str]:
+        return (["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
+                + [name for name, _ in self._layer_norm_shapes()])
+
+    def _empty_result(self, layout: _Layout, x: Tensor, states, dtype):
+        """B = 0: empty outputs of the right shapes, without calling any kernel."""
+        out = x.new_empty(x.shape[0], 0, self.num_directions * self.hidden_size, dtype=dtype)
+        return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype))
+                                                           for s in states))
+
+    # Cell-specific hooks.
+    def _zoneout_names(self) -> Tuple[str, ...]:
+        raise NotImplementedError
+
+    def _extra_defaults(self) -> dict:
+        return {}
+
+    def _state_arg_names(self) -> Tuple[str, ...]:
+        raise NotImplementedError
+
+    def _unpack_states(self, hx) -> Tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def _pack_states(self, states: Tuple[Tensor, ...]):
+        raise NotImplementedError
+
+    def _recur(self, x, states, lengths, weights, backend, layer, direction):
+        raise NotImplementedError
+
+
+class LSTM(_RecurrentBase):
+    """torch.nn.LSTM with optional layer norm (``layer_norm``, ``ln_groups``), zoneout of the
+    cell and hidden states, recurrent / candidate dropout, dropconnect on W_hh, a forget-gate
+    bias init, learned initial states and residual connections (SPEC §1-4).
+
+    ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM.
+    """
+
+    gates = 4
+    state_names = ("hidden", "cell")
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 *, layer_norm: bool = False, ln_groups: int = 1, zoneout_cell: float = 0.0,
+                 zoneout_hidden: float = 0.0, recurrent_dropout: float = 0.0,
+                 candidate_dropout: float = 0.0, dropconnect: float = 0.0,
+                 forget_bias: float = 1.0, learn_initial_state: bool = False,
+                 residual: bool = False, backend: str = "auto", device=None, dtype=None):
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+                or not math.isfinite(forget_bias):
+            raise TypeError(f"forget_bias must be a finite float, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, layer_norm=layer_norm, ln_groups=ln_groups,
+                         zoneout={"zoneout_cell": zoneout_cell, "zoneout_hidden": zoneout_hidden},
+                         recurrent_dropout=recurrent_dropout, candidate_dropout=candidate_dropout,
+                         dropconnect=dropconnect, learn_initial_state=learn_initial_state,
+                         residual=residual, backend=backend, device=device, dtype=dtype)
+
+    def _layer_norm_shapes(self):
+        return super()._layer_norm_shapes() + [("ln_cell_weight", self.hidden_size),
+                                               ("ln_cell_bias", self.hidden_size)]
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        hidden = self.hidden_size
+        with torch.no_grad():
+            for name, parameter in self.named_parameters():
+                if name.startswith("bias_ih"):
+                    parameter[hidden:2 * hidden].fill_(self.forget_bias)
+
+    def _zoneout_names(self):
+        return ("zoneout_cell", "zoneout_hidden")
+
+    def _extra_defaults(self):
+        return {"forget_bias": 1.0}
+
+    def _state_arg_names(self):
+        return ("hx[0] (h_0)", "hx[1] (c_0)")
+
+    def _unpack_states(self, hx):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"hx must be a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
+        return tuple(hx)
+
+    def _pack_states(self, states):
+        return tuple(states)
+
+    def _recur(self, x, states, lengths, weights, backend, layer, direction):
+        h0, c0 = states
+        return FR.lstm_layer(
+            x, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
+            weights["bias_hh"], h0.contiguous(), c0.contiguous(), lengths,
+            ln_ih_weight=weights["ln_ih_weight"], ln_hh_weight=weights["ln_hh_weight"],
+            ln_cell_weight=weights["ln_cell_weight"], ln_cell_bias=weights["ln_cell_bias"],
+            ln_groups=self.ln_groups, zoneout_cell=self.zoneout_cell,
+            zoneout_hidden=self.zoneout_hidden, recurrent_dropout=self.recurrent_dropout,
+            candidate_dropout=self.candidate_dropout, dropconnect=self.dropconnect,
+            training=self.training, reverse=direction == 1, backend=backend, layer=layer,
+            direction=direction)
+
+
+class GRU(_RecurrentBase):
+    """torch.nn.GRU with optional layer norm, zoneout, recurrent / candidate dropout,
+    dropconnect, learned initial states and residual connections (SPEC §1-4).
+
+    ``out, h_n = gru(input, hx=None, lengths=None)``, shapes as torch.nn.GRU.
+    """
+
+    gates = 3
+    state_names = ("hidden",)
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 *, layer_norm: bool = False, ln_groups: int = 1, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
+                 dropconnect: float = 0.0, learn_initial_state: bool = False,
+                 residual: bool = False, backend: str = "auto", device=None, dtype=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, layer_norm=layer_norm, ln_groups=ln_groups,
+                         zoneout={"zoneout": zoneout}, recurrent_dropout=recurrent_dropout,
+                         candidate_dropout=candidate_dropout, dropconnect=dropconnect,
+                         learn_initial_state=learn_initial_state, residual=residual,
+                         backend=backend, device=device, dtype=dtype)
+
+    def _zoneout_names(self):
+        return ("zoneout",)
+
+    def _state_arg_names(self):
+        return ("hx",)
+
+    def _unpack_states(self, hx):
+        return (hx,)
+
+    def _pack_states(self, states):
+        return states[0]
+
+    def _recur(self, x, states, lengths, weights, backend, layer, direction):
+        (h0,) = states
+        return FR.gru_layer(
+            x, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
+            weights["bias_hh"], h0.contiguous(), lengths, ln_ih_weight=weights["ln_ih_weight"],
+            ln_hh_weight=weights["ln_hh_weight"], ln_groups=self.ln_groups,
+            zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
+            candidate_dropout=self.candidate_dropout, dropconnect=self.dropconnect,
+            training=self.training, reverse=direction == 1, backend=backend, layer=layer,
+            direction=direction)
+
+
+class LayerNormLSTM(LSTM):
+    """``fastrnn.LSTM(..., layer_norm=True)``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("layer_norm", True)
+        super().__init__(*args, **kwargs)
+
+
+class LayerNormGRU(GRU):
+    """``fastrnn.GRU(..., layer_norm=True)``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("layer_norm", True)
+        super().__init__(*args, **kwargs)

@@ -1,0 +1,102 @@
+"""Argument checks of SPEC §5: each raises ValueError or TypeError naming the argument and what
+was expected, before any kernel runs.
+
+Wrong *kinds* of values (a float where an int belongs, a float tensor of lengths, a dtype that
+differs from the parameters') raise TypeError; wrong *values* (sizes, ranges, shapes, devices)
+raise ValueError.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+
+
+def probability(name: str, value, allow_one: bool = False) -> None:
+    """p in [0, 1), or [0, 1] with ``allow_one`` (zoneout 1.0 freezes the state)."""
+    interval = "[0, 1]" if allow_one else "[0, 1)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float in {interval}, got {value!r}")
+    if not (0.0 <= value < 1.0 or (allow_one and value == 1.0)):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def input_tensor(input: Tensor, input_size: int) -> None:
+    """Rank 2 (unbatched) or 3, floating point, last dimension input_size."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+    if input.dim() not in (2, 3):
+        raise ValueError(f"input must have 3 dimensions (or 2 unbatched), got shape "
+                         f"{tuple(input.shape)} with {input.dim()}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating point tensor, got dtype {input.dtype}")
+    if input.shape[-1] != input_size:
+        raise ValueError(f"input.size(-1) must be equal to input_size={input_size}, "
+                         f"got {input.shape[-1]}")
+
+
+def same_device_and_dtype(name: str, tensor: Tensor, device: torch.device,
+                          dtype: Optional[torch.dtype]) -> None:
+    """``tensor`` lives where the parameters live and, unless ``dtype`` is None, has their dtype."""
+    if tensor.device != device:
+        raise ValueError(f"{name} must be on the parameters' device {device}, got {tensor.device}")
+    if dtype is not None and tensor.dtype != dtype:
+        raise TypeError(f"{name} must have the parameters' dtype {dtype}, got {tensor.dtype}")
+
+
+def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
+          dtype: torch.dtype) -> None:
+    """An initial state: a tensor of ``shape`` with the input's device and dtype."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a Tensor of shape {shape}, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"{name} must be on the input's device {device}, got {value.device}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} must have the input's dtype {dtype}, got {value.dtype}")
+
+
+def lengths(value, batch: int, steps: int, device: torch.device) -> Tensor:
+    """B integers in [1, T] (a sequence or an integer tensor, any device) -> int64 on ``device``."""
+    if isinstance(value, Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor, got dtype {value.dtype}")
+        if value.dim() != 1 or value.shape[0] != batch:
+            raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
+                             f"got {tuple(value.shape)}")
+        # Reading the values syncs a CUDA stream; under torch.compile the check is left out so
+        # the graph does not break (the op's contract still requires 1 <= L_b <= T).
+        if batch and not torch.compiler.is_compiling():
+            low, high = int(value.min()), int(value.max())
+            _lengths_in_range(low, high, steps)
+        return value.to(device=device, dtype=torch.int64)
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, "
+                        f"got {type(value).__name__}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise TypeError(f"lengths must hold ints, got {list(value)!r}")
+    if len(value) != batch:
+        raise ValueError(f"lengths must have {batch} entries (one per sequence), got {len(value)}")
+    if batch:
+        _lengths_in_range(min(value), max(value), steps)
+    return torch.tensor(list(value), dtype=torch.int64, device=device)
+
+
+def _lengths_in_range(low: int, high: int, steps: int) -> None:
+    if low < 1 or high > steps:
+        raise ValueError(f"lengths must lie in [1, {steps}] (the sequence length T), "
+                         f"got values from {low} to {high}")

@@ -1,0 +1,195 @@
+"""SPEC §5: every bad argument raises ValueError/TypeError naming it and the expected value,
+before any kernel runs (the ops are patched to fail the test if they are reached)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import backends
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_runs(monkeypatch):
+    """Any call of the recurrence ops during a bad-input test is itself a failure."""
+    def reached(*args, **kwargs):
+        raise AssertionError("a kernel ran before the bad input was rejected")
+
+    for name in ("lstm_forward", "gru_forward"):
+        monkeypatch.setattr(backends.get("reference"), name, reached)
+
+
+def lstm(**kwargs):
+    return fastrnn.LSTM(3, 4, num_layers=2, **kwargs)
+
+
+def gru(**kwargs):
+    return fastrnn.GRU(3, 4, num_layers=2, **kwargs)
+
+
+def x(*shape, **kwargs):
+    return torch.randn(*(shape or (5, 2, 3)), **kwargs)
+
+
+def test_wrong_input_rank():
+    with pytest.raises(ValueError, match=r"input must have 3 dimensions.*got shape \(5,\)"):
+        lstm()(torch.randn(5))
+    with pytest.raises(ValueError, match="input must have 3 dimensions"):
+        gru()(torch.randn(5, 2, 3, 1))
+
+
+def test_feature_size_differs_from_input_size():
+    with pytest.raises(ValueError, match=r"input.size\(-1\) must be equal to input_size=3, got 7"):
+        lstm()(x(5, 2, 7))
+
+
+def test_integer_input():
+    with pytest.raises(TypeError, match="input must be a floating point tensor"):
+        gru()(torch.ones(5, 2, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("make", [lstm, gru], ids=["lstm", "gru"])
+def test_hx_of_wrong_shape(make):
+    module = make()
+    bad = torch.zeros(2, 3, 4)       # batch 3 where the input has 2; layers*directions = 2
+    hx = (bad, torch.zeros(2, 2, 4)) if make is lstm else bad
+    with pytest.raises(ValueError, match=r"must have shape \(2, 2, 4\), got \(2, 3, 4\)"):
+        module(x(), hx)
+
+
+def test_hx_of_wrong_shape_unbatched():
+    with pytest.raises(ValueError, match=r"hx must have shape \(2, 4\), got \(2, 1, 4\)"):
+        gru()(x(5, 3), torch.zeros(2, 1, 4))
+
+
+def test_lstm_hx_not_a_pair():
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\)"):
+        lstm()(x(), torch.zeros(2, 2, 4))
+
+
+@pytest.mark.parametrize("make", [lstm, gru], ids=["lstm", "gru"])
+def test_hx_of_wrong_dtype(make):
+    bad = torch.zeros(2, 2, 4, dtype=torch.float64)
+    hx = (torch.zeros(2, 2, 4), bad) if make is lstm else bad
+    with pytest.raises(TypeError,
+                       match=r"must have the input's dtype torch.float32, got torch.float64"):
+        make()(x(), hx)
+
+
+def test_hx_on_wrong_device():
+    bad = torch.zeros(2, 2, 4, device="meta")
+    with pytest.raises(ValueError, match=r"hx must be on the input's device cpu, got meta"):
+        gru()(x(), bad)
+
+
+def test_input_and_parameters_of_different_dtypes():
+    with pytest.raises(TypeError, match=r"input must have the parameters' dtype torch.float32, "
+                                        r"got torch.float64"):
+        lstm()(x(dtype=torch.float64))
+
+
+def test_input_and_parameters_on_different_devices():
+    with pytest.raises(ValueError, match=r"input must be on the parameters' device cpu, got meta"):
+        gru()(x(device="meta"))
+
+
+@pytest.mark.gpu
+def test_cuda_input_with_cpu_parameters():
+    with pytest.raises(ValueError, match="input must be on the parameters' device cpu"):
+        lstm()(x(device="cuda"))
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], torch.tensor([[5, 5]]), torch.tensor([5])],
+                         ids=["list_too_long", "tensor_2d", "tensor_too_short"])
+def test_lengths_of_wrong_shape(lengths):
+    with pytest.raises(ValueError, match=r"lengths must have (shape \(2,\)|2 entries)"):
+        lstm()(x(), lengths=lengths)
+
+
+@pytest.mark.parametrize("lengths", [torch.tensor([5.0, 2.0]), torch.tensor([True, True]),
+                                     [5.0, 2], "52"],
+                         ids=["float_tensor", "bool_tensor", "float_in_list", "string"])
+def test_lengths_of_wrong_dtype(lengths):
+    with pytest.raises(TypeError, match="lengths must"):
+        gru()(x(), lengths=lengths)
+
+
+@pytest.mark.parametrize("lengths", [[0, 3], [6, 3], torch.tensor([2, 0]), torch.tensor([9, 1])],
+                         ids=["zero", "beyond_T", "tensor_zero", "tensor_beyond_T"])
+def test_lengths_out_of_range(lengths):
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, 5\]"):
+        lstm()(x(), lengths=lengths)
+
+
+def test_lengths_with_packed_or_unbatched_input():
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x(), [5, 3])
+    with pytest.raises(ValueError, match="lengths must be None for a PackedSequence"):
+        gru()(packed, lengths=[5, 3])
+    with pytest.raises(ValueError, match="lengths must be None for unbatched"):
+        gru()(x(5, 3), lengths=[5])
+
+
+@pytest.mark.parametrize("name", ["recurrent_dropout", "candidate_dropout", "dropconnect",
+                                  "dropout"])
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5, float("nan")])
+def test_dropout_probabilities_out_of_range(name, value):
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\), got"):
+        fastrnn.LSTM(3, 4, **{name: value})
+
+
+@pytest.mark.parametrize("make,name", [(fastrnn.LSTM, "zoneout_cell"),
+                                       (fastrnn.LSTM, "zoneout_hidden"), (fastrnn.GRU, "zoneout")])
+def test_zoneout_may_be_one_but_not_more(make, name):
+    make(3, 4, **{name: 1.0})
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\], got 1.01"):
+        make(3, 4, **{name: 1.01})
+    with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\], got -0.5"):
+        make(3, 4, **{name: -0.5})
+
+
+def test_probability_of_wrong_type():
+    with pytest.raises(TypeError, match=r"zoneout must be a float in \[0, 1\], got '0.1'"):
+        fastrnn.GRU(3, 4, zoneout="0.1")
+
+
+@pytest.mark.parametrize("name", ["input_size", "hidden_size", "num_layers"])
+@pytest.mark.parametrize("value", [0, -2])
+def test_non_positive_sizes(name, value):
+    sizes = {"input_size": 3, "hidden_size": 4, "num_layers": 1, name: value}
+    with pytest.raises(ValueError, match=rf"{name} must be a positive int, got {value}"):
+        fastrnn.GRU(**sizes)
+
+
+def test_non_integer_size():
+    with pytest.raises(TypeError, match=r"hidden_size must be a positive int, got 4.0"):
+        fastrnn.LSTM(3, 4.0)
+
+
+def test_ln_groups_must_be_one_or_gate_count():
+    with pytest.raises(ValueError, match=r"ln_groups must be one of \(1, 4\), got 3"):
+        fastrnn.LSTM(3, 4, layer_norm=True, ln_groups=3)
+    with pytest.raises(ValueError, match=r"ln_groups must be one of \(1, 3\), got 4"):
+        fastrnn.GRU(3, 4, layer_norm=True, ln_groups=4)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', "
+                                         r"'triton', 'cuda'\), got 'cudnn'"):
+        fastrnn.LSTM(3, 4, backend="cudnn")
+
+
+def test_dtype_unsupported_by_backend():
+    module = fastrnn.GRU(3, 4, backend="triton", dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"backend='triton' does not support torch.float64"):
+        module(x(dtype=torch.float64))
+
+
+def test_forget_bias_must_be_a_number():
+    with pytest.raises(TypeError, match="forget_bias must be a finite float, got 'one'"):
+        fastrnn.LSTM(3, 4, forget_bias="one")
+
+
+def test_the_guard_catches_a_kernel_call():
+    """The autouse guard is live: a valid call does reach the (patched) kernel."""
+    with pytest.raises(AssertionError, match="a kernel ran"):
+        lstm()(x())

@@ -1,0 +1,76 @@
+"""DistributedDataParallel over fastrnn layers: two CPU processes (gloo) each take half of a
+batch; their averaged gradients equal the gradients of one process over the whole batch."""
+from __future__ import annotations
+
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fastrnn
+
+WORLD_SIZE = 2
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = fastrnn.LayerNormLSTM(3, 6, num_layers=2, bidirectional=True,
+                                          dtype=torch.float64)
+        self.gru = fastrnn.GRU(12, 5, learn_initial_state=True, dtype=torch.float64)
+        self.head = nn.Linear(5, 2, dtype=torch.float64)
+
+    def forward(self, x, lengths):
+        y, _ = self.lstm(x, lengths=lengths)
+        z, _ = self.gru(y, lengths=lengths)
+        return self.head(z)
+
+
+def make_model_and_batch():
+    torch.manual_seed(0)
+    model = Tagger()
+    x = torch.randn(7, 2 * WORLD_SIZE, 3, dtype=torch.float64)
+    targets = torch.randn(7, 2 * WORLD_SIZE, 2, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 6])
+    return model, x, targets, lengths
+
+
+def loss_of(model, x, targets, lengths):
+    return (model(x, lengths) - targets).square().mean()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank, port, result_path):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD_SIZE)
+    try:
+        model, x, targets, lengths = make_model_and_batch()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        shard = slice(2 * rank, 2 * rank + 2)
+        loss_of(ddp, x[:, shard], targets[:, shard], lengths[shard]).backward()
+        torch.save({name: p.grad for name, p in model.named_parameters()},
+                   f"{result_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    result_path = str(tmp_path / "grads")
+    mp.spawn(worker, args=(free_port(), result_path), nprocs=WORLD_SIZE, join=True)
+    model, x, targets, lengths = make_model_and_batch()
+    # equal shards: the mean over the batch is the mean of the shard means, which DDP's
+    # gradient averaging differentiates
+    loss_of(model, x, targets, lengths).backward()
+    for rank in range(WORLD_SIZE):
+        got = torch.load(f"{result_path}.{rank}")
+        assert set(got) == {name for name, _ in model.named_parameters()}
+        for name, p in model.named_parameters():
+            assert p.grad.abs().sum() > 0, name
+            torch.testing.assert_close(got[name], p.grad, rtol=1e-10, atol=1e-12, msg=name)
