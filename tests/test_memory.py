@@ -1,0 +1,63 @@
+"""What a training step keeps for backward: values saved per (t, b), counted by autograd hooks.
+
+BENCHMARKS.md: LayerNormLSTM below Haste's ~15·H per (t, b); the regularized GRU at most 5·H
+plus mask bits.  Masks are never stored: they are regenerated from the call's seed.
+"""
+import pytest
+import torch
+
+import fastrnn
+
+HIDDEN, BATCH = 16, 3
+
+
+def saved_values(model, steps):
+    """Distinct saved storages' element counts during a forward, inputs and parameters excluded."""
+    x = torch.randn(steps, BATCH, HIDDEN, requires_grad=True)
+    excluded = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    excluded.add(x.untyped_storage().data_ptr())
+    seen = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            seen[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x)
+    return sum(seen.values()), seen
+
+
+def per_step_values(model, steps=6):
+    """Saved values per (t, b): the growth of the saved total from T to 2T steps."""
+    torch.manual_seed(0)
+    short, _ = saved_values(model, steps)
+    torch.manual_seed(0)
+    long, _ = saved_values(model, 2 * steps)
+    return (long - short) / (steps * BATCH)
+
+
+@pytest.mark.parametrize("ln_groups", [1, 4])
+def test_layer_norm_lstm_saves_fewer_values_than_haste(ln_groups):
+    model = fastrnn.LayerNormLSTM(HIDDEN, HIDDEN, ln_groups=ln_groups, zoneout_cell=0.1,
+                                  zoneout_hidden=0.1, recurrent_dropout=0.25)
+    per_step = per_step_values(model.train())
+    # W_ih x (4H, the input norm's input) and its 2·groups statistics; preact (4H), out (H),
+    # the cell (H) and 2·groups + 2 statistics of the recurrence.
+    assert per_step == 10 * HIDDEN + 4 * ln_groups + 2
+    assert per_step < 15 * HIDDEN
+
+
+def test_regularized_gru_saves_at_most_five_h():
+    model = fastrnn.GRU(HIDDEN, HIDDEN, zoneout=0.1, recurrent_dropout=0.25, candidate_dropout=0.1)
+    per_step = per_step_values(model.train())
+    assert per_step == 5 * HIDDEN  # preact (3H), hidden_n (H), out (H); no mask is kept
+
+
+def test_no_mask_is_saved():
+    """With every per-step regularizer on, the saved values equal those of eval mode."""
+    def model():
+        return fastrnn.LSTM(HIDDEN, HIDDEN, zoneout_cell=0.3, zoneout_hidden=0.3,
+                            candidate_dropout=0.3)
+    assert per_step_values(model().train()) == per_step_values(model().eval())
