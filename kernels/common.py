@@ -13,8 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
+from fastrnn.reference import previous_states
+
 PHILOX_ROUNDS: tl.constexpr = 10
 THRESHOLD_SHIFT: tl.constexpr = 8  # 32 random bits -> the 24 that fastrnn.masks.threshold uses
+EPS: tl.constexpr = 1e-5           # layer-norm epsilon, as fastrnn.reference.EPS
 
 
 @triton.jit
@@ -96,6 +99,13 @@ def step_geometry(t, lengths, REVERSE: tl.constexpr):
         last = t_rows == lengths - 1
         previous_t = t - 1
     return active, first & active, last & active, previous_t
+
+
+@triton.jit
+def row_geometry(lengths_ptr, t, rows, row_ok, REVERSE: tl.constexpr):
+    """``step_geometry`` of the program's rows, their lengths read from ``lengths_ptr``."""
+    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32)
+    return step_geometry(t, lengths, REVERSE)
 
 
 @triton.jit
@@ -281,7 +291,8 @@ def choose_tiling(batch: int, hidden: int, gates: int, elem_bytes: int,
     block_h = max(triton.next_power_of_2(triton.cdiv(hidden, most_splits)), MIN_DOT_BLOCK)
     splits = triton.cdiv(hidden, block_h)
     hoist = gates * block_h * max(hidden_p2, MIN_DOT_BLOCK) * elem_bytes <= HOISTED_WEIGHT_BYTES
-    block_k = max(hidden_p2, MIN_DOT_BLOCK) if hoist else min(max(hidden_p2, MIN_DOT_BLOCK), STREAMED_BLOCK_K)
+    whole = max(hidden_p2, MIN_DOT_BLOCK)
+    block_k = whole if hoist else min(whole, STREAMED_BLOCK_K)
     return Tiling(block_b, block_h, block_k, hoist_weights=hoist,
                   persistent=batch_tiles * splits <= sm_count, num_warps=8 if hoist else 4)
 
@@ -316,7 +327,8 @@ def dot_settings(dtype: torch.dtype, device: torch.device):
                torch.bfloat16: tl.bfloat16}[dtype]
     if device.type != "cuda" and dtype == torch.bfloat16:
         operand = tl.float32
-    precision = "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    precision = "tf32" if tf32 else "ieee"
     return operand, precision
 
 
@@ -341,19 +353,66 @@ def new_output(*shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def previous_states(out: torch.Tensor, h0: torch.Tensor, lengths: Optional[torch.Tensor],
-                    reverse: bool) -> torch.Tensor:
-    """[T, B, H]: the state h_{t-1} each step read, rebuilt from the outputs (the state before a
-    row's first step is h0; rows past their end read values that do not matter)."""
-    steps = out.shape[0]
-    if reverse:
-        shifted = torch.cat([out[1:], h0.unsqueeze(0)])
-        if lengths is None:
-            return shifted
-        t = torch.arange(steps, device=out.device)[:, None]
-        first = (t == (lengths[None, :] - 1)).unsqueeze(-1)
-        return torch.where(first, h0.unsqueeze(0), shifted)
-    return torch.cat([h0.unsqueeze(0), out[:-1]])
+def present_or(tensor: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
+    """The pointer argument of an optional tensor: the tensor, or ``placeholder`` where it is
+    absent (a constexpr tells the kernel not to read it)."""
+    return placeholder if tensor is None else tensor.contiguous()
+
+
+def lengths_or_full(lengths: Optional[torch.Tensor], steps: int, batch: int,
+                    device: torch.device) -> torch.Tensor:
+    """Row lengths for the kernels, which always read them: all ``steps`` when None."""
+    if lengths is None:
+        return torch.full((batch,), steps, dtype=torch.int64, device=device)
+    return lengths.contiguous()
+
+
+def step_order(steps: int, descending: bool) -> range:
+    """The steps t in the order the per-step drivers launch them."""
+    return range(steps - 1, -1, -1) if descending else range(steps)
+
+
+def exchange_buffer(batch: int, splits: int, slots: int, device: torch.device) -> torch.Tensor:
+    """[B, splits, slots] float32 per-row partials exchanged between the column splits."""
+    return torch.zeros(batch, splits, slots, dtype=torch.float32, device=device)
+
+
+def barrier_counters(tiling: Tiling, batch: int, device: torch.device) -> torch.Tensor:
+    """One ``grid_barrier`` counter per batch tile."""
+    return torch.zeros(tiling.batch_tiles(batch), dtype=torch.int32, device=device)
+
+
+def launch_options(tiling: Tiling, hidden: int, dtype: torch.dtype, device: torch.device,
+                   ln_groups: int, layer_norm: bool, recurrent_mask: Optional[torch.Tensor],
+                   candidate_dropout: float, training: bool, reverse: bool) -> dict:
+    """Constexpr options (and num_warps) that every LSTM and GRU kernel of a call takes."""
+    splits = tiling.splits(hidden)
+    dot_dtype, precision = dot_settings(dtype, device)
+    return dict(
+        GROUPS=ln_groups, HAS_RMASK=recurrent_mask is not None, LAYER_NORM=layer_norm,
+        CANDIDATE=bool(training) and candidate_dropout > 0, TRAINING=bool(training),
+        REVERSE=bool(reverse), HOIST=tiling.hoist_weights, SPLITS=splits,
+        SPLITS_P2=triton.next_power_of_2(splits), BLOCK_B=tiling.block_b,
+        BLOCK_H=tiling.block_h, BLOCK_K=tiling.block_k, DOT_DTYPE=dot_dtype,
+        PRECISION=precision, num_warps=tiling.num_warps)
+
+
+def recurrent_inputs(out: torch.Tensor, h0: torch.Tensor, lengths: Optional[torch.Tensor],
+                     recurrent_mask: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
+    """[T, B, H]: d ⊙ h_{t-1}, what each step's recurrent product read."""
+    previous = previous_states(out, h0, lengths, reverse)
+    return previous if recurrent_mask is None else previous * recurrent_mask
+
+
+def recurrent_weight_grad(d_hh: torch.Tensor, h_in: torch.Tensor,
+                          w_hh: torch.Tensor) -> torch.Tensor:
+    """d_w_hh = Σ_(t, b) d_hh ⊗ h_in: one GEMM over every step, in d_hh's dtype."""
+    return (d_hh.flatten(0, 1).t() @ h_in.flatten(0, 1).to(d_hh.dtype)).to(w_hh.dtype)
+
+
+def absent_gradient(like: torch.Tensor) -> torch.Tensor:
+    """The gradient of an absent optional parameter: a fresh empty tensor (outputs never alias)."""
+    return like.new_empty(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,3 +521,98 @@ def recurrent_input(out_ptr, h0_ptr, rmask_ptr, previous_t, rows, row_ok, active
     if HAS_RMASK:
         h = h * load_rows(rmask_ptr, rows, row_ok, ks, k_ok, H, 0.0, False)
     return h.to(out_ptr.dtype.element_ty).to(DOT_DTYPE)
+
+
+@triton.jit
+def hoisted_weight_tile(w_ptr, gate, units, unit_ok, H, HOIST: tl.constexpr,
+                        TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr,
+                        DOT_DTYPE: tl.constexpr):
+    """Gate ``gate``'s W_hh tile over the whole reduction, kept across steps (HOIST), else a
+    placeholder that ``add_gate_product`` ignores."""
+    if HOIST:
+        ks = tl.arange(0, BLOCK_K)
+        return weight_tile(w_ptr, gate, ks, ks < H, units, unit_ok, H, TRANSPOSED, DOT_DTYPE)
+    return 0
+
+
+@triton.jit
+def add_backward_gate_product(acc, d_hh_ptr, hoisted, w_ptr, gate, t, rows, row_ok, ks, k_ok,
+                              units, unit_ok, B, H, GATES: tl.constexpr, HOIST: tl.constexpr,
+                              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + chunk ks of gate ``gate``'s d_hh [T, B, GATES·H] at step t (written by the other
+    splits) @ the gate's W_hh block: its share of W_hhᵀ d_hh."""
+    d_hh = gate_tile(d_hh_ptr, t, gate, rows, row_ok, ks, k_ok, B, H, GATES, True)
+    return add_gate_product(acc, d_hh.to(DOT_DTYPE), hoisted, w_ptr, gate, ks, k_ok, units,
+                            unit_ok, H, HOIST, False, DOT_DTYPE, PRECISION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer norm of W_hh h over groups of gates: per gate (GROUPS = GATES) or over all GATES·H units
+# (GROUPS = 1).  Each split exchanges two per-row values per gate, in slots 2·gate, 2·gate + 1.
+
+@triton.jit
+def group_statistics(partials_ptr, rows, row_ok, gate, H, GATES: tl.constexpr,
+                     GROUPS: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+                     BLOCK_H: tl.constexpr, SLOTS: tl.constexpr):
+    """(mean, rstd) of gate ``gate``'s layer-norm group, from the moments ``store_gate_moments``
+    exchanged.  With one group the gates' equal-size slices are merged like any other chunks:
+    the variance is the mean of their variances plus the spread of their means."""
+    if GROUPS == 1:
+        mean = tl.zeros(rows.shape, tl.float32)
+        for other in tl.static_range(GATES):
+            gate_mean, _ = gate_moments(partials_ptr, rows, row_ok, other, H, SPLITS, SPLITS_P2,
+                                        BLOCK_H, SLOTS)
+            mean += gate_mean
+        mean = mean / GATES
+        var = tl.zeros(rows.shape, tl.float32)
+        for other in tl.static_range(GATES):
+            gate_mean, gate_var = gate_moments(partials_ptr, rows, row_ok, other, H, SPLITS,
+                                               SPLITS_P2, BLOCK_H, SLOTS)
+            var += gate_var + (gate_mean - mean) * (gate_mean - mean)
+        return mean, 1.0 / tl.sqrt(var / GATES + EPS)
+    mean, var = gate_moments(partials_ptr, rows, row_ok, gate, H, SPLITS, SPLITS_P2, BLOCK_H,
+                             SLOTS)
+    return mean, 1.0 / tl.sqrt(var + EPS)
+
+
+@triton.jit
+def summed_partial(partials_ptr, rows, row_ok, slot, SPLITS: tl.constexpr,
+                   SPLITS_P2: tl.constexpr, SLOTS: tl.constexpr):
+    """Per-row sum over the splits of ``slot``."""
+    return tl.sum(load_partials(partials_ptr, rows, row_ok, slot, SPLITS, SPLITS_P2, SLOTS),
+                  axis=1)
+
+
+@triton.jit
+def store_norm_sums(d_norm, norm, partials_ptr, rows, row_ok, units, unit_ok, split, slot,
+                    SPLITS: tl.constexpr, SLOTS: tl.constexpr):
+    """Per-row sums of dN and dN ⊙ N over this split's units, into slots (slot, slot + 1): what
+    the backward of a layer norm needs from the other splits."""
+    valid = row_ok[:, None] & unit_ok[None, :]
+    store_partial(partials_ptr, rows, row_ok, split, slot,
+                  tl.sum(tl.where(valid, d_norm, 0.0), axis=1), SPLITS, SLOTS)
+    store_partial(partials_ptr, rows, row_ok, split, slot + 1,
+                  tl.sum(tl.where(valid, d_norm * norm, 0.0), axis=1), SPLITS, SLOTS)
+
+
+@triton.jit
+def norm_input_grad(d_norm, norm, rstd, gate, partials_ptr, rows, row_ok, H, GATES: tl.constexpr,
+                    GROUPS: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
+                    SLOTS: tl.constexpr):
+    """Gradient w.r.t. gate ``gate``'s W_hh h through its layer norm, from dN = γ ⊙ dL/dy and
+    N: rstd ⊙ (dN − mean dN − N ⊙ mean(dN ⊙ N)), the means over the group from the sums that
+    ``store_norm_sums`` exchanged (gate g's in slots 2g, 2g + 1)."""
+    if GROUPS == 1:
+        sum_dn = summed_partial(partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2, SLOTS)
+        sum_dnn = summed_partial(partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2, SLOTS)
+        for other in tl.static_range(1, GATES):
+            sum_dn += summed_partial(partials_ptr, rows, row_ok, 2 * other, SPLITS, SPLITS_P2,
+                                     SLOTS)
+            sum_dnn += summed_partial(partials_ptr, rows, row_ok, 2 * other + 1, SPLITS,
+                                      SPLITS_P2, SLOTS)
+    else:
+        sum_dn = summed_partial(partials_ptr, rows, row_ok, 2 * gate, SPLITS, SPLITS_P2, SLOTS)
+        sum_dnn = summed_partial(partials_ptr, rows, row_ok, 2 * gate + 1, SPLITS, SPLITS_P2,
+                                 SLOTS)
+    width = 1.0 * H * GATES / GROUPS  # units per group
+    return rstd[:, None] * (d_norm - sum_dn[:, None] / width - norm * (sum_dnn[:, None] / width))

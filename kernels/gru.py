@@ -38,15 +38,17 @@ import triton.language as tl
 
 from fastrnn import masks as M
 from fastrnn.kernels.common import (
-    add_gate_product, dot_settings, dropout_scale, gate_moments, gate_tile, load_partials,
-    load_previous, load_rows, new_output, previous_states, program_tile, sigmoid,
-    step_geometry, step_mask_index, store_gate_tile, store_partial, store_rows, sync_tile, tanh,
-    tile_moments, tile_steps, tiling_for, time_of_step, weight_tile, zoneout_weight)
+    absent_gradient, add_backward_gate_product, add_gate_product, barrier_counters,
+    dropout_scale, exchange_buffer, gate_tile, group_statistics, hoisted_weight_tile,
+    launch_options, lengths_or_full, load_previous, load_rows, new_output, norm_input_grad,
+    present_or, program_tile, recurrent_input, recurrent_inputs, recurrent_weight_grad,
+    row_geometry, sigmoid, step_mask_index, step_order, store_gate_moments, store_gate_tile,
+    store_norm_sums, store_rows, sync_tile, tanh, tile_steps, tiling_for, time_of_step,
+    zoneout_weight)
 from fastrnn.ops import gru_stats_width
 
 GATES = 3
 G: tl.constexpr = 3
-EPS: tl.constexpr = 1e-5
 # Per split and row, two values per gate: forward (sum, centred squares) of W_hh h, backward
 # (Σ dx̂, Σ dx̂ ⊙ x̂) of the layer norm's input gradient.
 SLOTS: tl.constexpr = 6
@@ -66,25 +68,11 @@ PHASE_PRODUCT = 2   # backward: dh_{t-1}
 @triton.jit
 def _hoisted_weights(w_ptr, units, unit_ok, H, HOIST: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """The program's three W_hh tiles over the whole reduction (HOIST), else placeholders."""
-    if HOIST:
-        ks = tl.arange(0, BLOCK_K)
-        k_ok = ks < H
-        return (weight_tile(w_ptr, 0, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE),
-                weight_tile(w_ptr, 1, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE),
-                weight_tile(w_ptr, 2, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE))
-    return 0, 0, 0
-
-
-@triton.jit
-def _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE: tl.constexpr):
-    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32)
-    return step_geometry(t, lengths, REVERSE)
-
-
-@triton.jit
-def _slot_sum(partials_ptr, rows, row_ok, slot, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
-    return tl.sum(load_partials(partials_ptr, rows, row_ok, slot, SPLITS, SPLITS_P2, SLOTS), axis=1)
+    """The program's r, z, n tiles of W_hh (see ``hoisted_weight_tile``)."""
+    w_r = hoisted_weight_tile(w_ptr, 0, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    w_z = hoisted_weight_tile(w_ptr, 1, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    w_n = hoisted_weight_tile(w_ptr, 2, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    return w_r, w_z, w_n
 
 
 # ----------------------------------------------------------------------------------- forward
@@ -102,12 +90,8 @@ def _forward_product(out_ptr, h0_ptr, rmask_ptr, w_ptr, w_r, w_z, w_n, previous_
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
-        h = load_previous(out_ptr, h0_ptr, previous_t, rows, row_ok, active, first, ks, k_ok,
-                          B, H, True)
-        if HAS_RMASK:
-            h = h * load_rows(rmask_ptr, rows, row_ok, ks, k_ok, H, 0.0, False)
-        # d ⊙ h is rounded to the input dtype before the product, as in the reference.
-        h = h.to(out_ptr.dtype.element_ty).to(DOT_DTYPE)
+        h = recurrent_input(out_ptr, h0_ptr, rmask_ptr, previous_t, rows, row_ok, active, first,
+                            ks, k_ok, B, H, HAS_RMASK, DOT_DTYPE)
         hh_r = add_gate_product(hh_r, h, w_r, w_ptr, 0, ks, k_ok, units, unit_ok, H, HOIST, True,
                                 DOT_DTYPE, PRECISION)
         hh_z = add_gate_product(hh_z, h, w_z, w_ptr, 1, ks, k_ok, units, unit_ok, H, HOIST, True,
@@ -121,33 +105,22 @@ def _forward_product(out_ptr, h0_ptr, rmask_ptr, w_ptr, w_r, w_z, w_n, previous_
 def _store_hh_moments(hh_r, hh_z, hh_n, partials_ptr, rows, row_ok, units, unit_ok, pc,
                       SPLITS: tl.constexpr):
     valid = row_ok[:, None] & unit_ok[None, :]
-    total, m2 = tile_moments(hh_r, valid)
-    store_partial(partials_ptr, rows, row_ok, pc, 0, total, SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 1, m2, SPLITS, SLOTS)
-    total, m2 = tile_moments(hh_z, valid)
-    store_partial(partials_ptr, rows, row_ok, pc, 2, total, SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 3, m2, SPLITS, SLOTS)
-    total, m2 = tile_moments(hh_n, valid)
-    store_partial(partials_ptr, rows, row_ok, pc, 4, total, SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 5, m2, SPLITS, SLOTS)
+    store_gate_moments(hh_r, valid, partials_ptr, rows, row_ok, pc, 0, SPLITS, SLOTS)
+    store_gate_moments(hh_z, valid, partials_ptr, rows, row_ok, pc, 1, SPLITS, SLOTS)
+    store_gate_moments(hh_n, valid, partials_ptr, rows, row_ok, pc, 2, SPLITS, SLOTS)
 
 
 @triton.jit
 def _hh_statistics(partials_ptr, rows, row_ok, H, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
                    SPLITS_P2: tl.constexpr, BLOCK_H: tl.constexpr):
-    """(mean, rstd) of each gate's layer-norm group: per gate (GROUPS=3), or over all 3H
-    (GROUPS=1: the three equal-size gate slices merged like any other chunks)."""
-    mean_r, var_r = gate_moments(partials_ptr, rows, row_ok, 0, H, SPLITS, SPLITS_P2, BLOCK_H, SLOTS)
-    mean_z, var_z = gate_moments(partials_ptr, rows, row_ok, 1, H, SPLITS, SPLITS_P2, BLOCK_H, SLOTS)
-    mean_n, var_n = gate_moments(partials_ptr, rows, row_ok, 2, H, SPLITS, SPLITS_P2, BLOCK_H, SLOTS)
-    if GROUPS == 1:
-        mean = (mean_r + mean_z + mean_n) / 3.0
-        var = ((var_r + (mean_r - mean) * (mean_r - mean)) + (var_z + (mean_z - mean) * (mean_z - mean))
-               + (var_n + (mean_n - mean) * (mean_n - mean))) / 3.0
-        rstd = 1.0 / tl.sqrt(var + EPS)
-        return mean, mean, mean, rstd, rstd, rstd
-    return (mean_r, mean_z, mean_n, 1.0 / tl.sqrt(var_r + EPS), 1.0 / tl.sqrt(var_z + EPS),
-            1.0 / tl.sqrt(var_n + EPS))
+    """(mean_r, mean_z, mean_n, rstd_r, rstd_z, rstd_n) of the gates' layer-norm groups."""
+    mean_r, rstd_r = group_statistics(partials_ptr, rows, row_ok, 0, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, SLOTS)
+    mean_z, rstd_z = group_statistics(partials_ptr, rows, row_ok, 1, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, SLOTS)
+    mean_n, rstd_n = group_statistics(partials_ptr, rows, row_ok, 2, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, SLOTS)
+    return mean_r, mean_z, mean_n, rstd_r, rstd_z, rstd_n
 
 
 @triton.jit
@@ -195,9 +168,12 @@ def _forward_output(hh_r, hh_z, hh_n, gx_ptr, b_ptr, ln_hh_ptr, h0_ptr, out_ptr,
         first_split = (tl.zeros_like(rows) + pc) == 0
         _store_hh_stats(stats_ptr, mean_r, mean_z, mean_n, rstd_r, rstd_z, rstd_n, t, rows,
                         row_ok & active & first_split, B, GROUPS)
-    hh_r = _recurrent_term(hh_r, mean_r, rstd_r, 0, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS, LAYER_NORM)
-    hh_z = _recurrent_term(hh_z, mean_z, rstd_z, 1, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS, LAYER_NORM)
-    hh_n = _recurrent_term(hh_n, mean_n, rstd_n, 2, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS, LAYER_NORM)
+    hh_r = _recurrent_term(hh_r, mean_r, rstd_r, 0, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS,
+                           LAYER_NORM)
+    hh_z = _recurrent_term(hh_z, mean_z, rstd_z, 1, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS,
+                           LAYER_NORM)
+    hh_n = _recurrent_term(hh_n, mean_n, rstd_n, 2, b_ptr, ln_hh_ptr, units, unit_ok, H, HAS_BIAS,
+                           LAYER_NORM)
     a_r = gate_tile(gx_ptr, t, 0, rows, row_ok, units, unit_ok, B, H, G, False) + hh_r
     a_z = gate_tile(gx_ptr, t, 1, rows, row_ok, units, unit_ok, B, H, G, False) + hh_z
     r = sigmoid(a_r)
@@ -213,9 +189,12 @@ def _forward_output(hh_r, hh_z, hh_n, gx_ptr, b_ptr, ln_hh_ptr, h0_ptr, out_ptr,
     step = (t * B).to(tl.int64)
     store_rows(out_ptr + step * H, rows, row_ok, units, unit_ok, H, tl.where(live, h, 0.0))
     store_rows(h_n_ptr, rows, row_ok & last, units, unit_ok, H, h)
-    store_gate_tile(preact_ptr, t, 0, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_r, 0.0), G)
-    store_gate_tile(preact_ptr, t, 1, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_z, 0.0), G)
-    store_gate_tile(preact_ptr, t, 2, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_n, 0.0), G)
+    store_gate_tile(preact_ptr, t, 0, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_r, 0.0),
+                    G)
+    store_gate_tile(preact_ptr, t, 1, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_z, 0.0),
+                    G)
+    store_gate_tile(preact_ptr, t, 2, rows, row_ok, units, unit_ok, B, H, tl.where(live, a_n, 0.0),
+                    G)
     store_rows(hidden_n_ptr + step * H, rows, row_ok, units, unit_ok, H, tl.where(live, hh_n, 0.0))
 
 
@@ -232,7 +211,7 @@ def _forward_step(t, pc, rows, row_ok, units, unit_ok, w_r, w_z, w_n, syncs, cou
                   DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """One step: all phases with barriers (PERSISTENT), or phase PHASE alone.  A later phase
     recomputes the product instead of keeping it in memory between launches."""
-    active, first, last, previous_t = _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
+    active, first, last, previous_t = row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
     hh_r, hh_z, hh_n = _forward_product(
         out_ptr, h0_ptr, rmask_ptr, w_ptr, w_r, w_z, w_n, previous_t, rows, row_ok, active, first,
         units, unit_ok, B, H, HAS_RMASK, HOIST, BLOCK_B, BLOCK_H, BLOCK_K, DOT_DTYPE, PRECISION)
@@ -314,7 +293,8 @@ def _gate_grads(carry, grad_out_ptr, out_ptr, h0_ptr, preact_ptr, hidden_n_ptr, 
     d_hh = dL/d(γ_hh ⊙ N(W_hh h) + b_hh) of r, z, n); writes d_gx[t] if STORE."""
     live = active[:, None]
     step = (t * B).to(tl.int64)
-    dh = carry + load_rows(grad_out_ptr + step * H, rows, row_ok & active, units, unit_ok, H, 0.0, False)
+    dh = carry + load_rows(grad_out_ptr + step * H, rows, row_ok & active, units, unit_ok, H, 0.0,
+                           False)
     r = sigmoid(gate_tile(preact_ptr, t, 0, rows, row_ok, units, unit_ok, B, H, G, False))
     z = sigmoid(gate_tile(preact_ptr, t, 1, rows, row_ok, units, unit_ok, B, H, G, False))
     n = tanh(gate_tile(preact_ptr, t, 2, rows, row_ok, units, unit_ok, B, H, G, False))
@@ -355,42 +335,26 @@ def _norm_terms(d_hh, gate, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, activ
 def _store_norm_sums(d_r, d_z, d_n, hh_ptr, stats_ptr, ln_hh_ptr, partials_ptr, t, rows, row_ok,
                      active, units, unit_ok, pc, B, H, GROUPS: tl.constexpr, SPLITS: tl.constexpr):
     """Publishes this split's Σ dx̂ and Σ dx̂ ⊙ x̂ of each gate."""
-    dx, xhat, _ = _norm_terms(d_r, 0, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active, units, unit_ok, B, H, GROUPS)
-    store_partial(partials_ptr, rows, row_ok, pc, 0, tl.sum(dx, axis=1), SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 1, tl.sum(dx * xhat, axis=1), SPLITS, SLOTS)
-    dx, xhat, _ = _norm_terms(d_z, 1, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active, units, unit_ok, B, H, GROUPS)
-    store_partial(partials_ptr, rows, row_ok, pc, 2, tl.sum(dx, axis=1), SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 3, tl.sum(dx * xhat, axis=1), SPLITS, SLOTS)
-    dx, xhat, _ = _norm_terms(d_n, 2, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active, units, unit_ok, B, H, GROUPS)
-    store_partial(partials_ptr, rows, row_ok, pc, 4, tl.sum(dx, axis=1), SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, 5, tl.sum(dx * xhat, axis=1), SPLITS, SLOTS)
-
-
-@triton.jit
-def _norm_means(partials_ptr, rows, row_ok, gate, H, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
-                SPLITS_P2: tl.constexpr):
-    """(mean dx̂, mean dx̂ ⊙ x̂) over gate ``gate``'s layer-norm group."""
-    if GROUPS == 1:
-        total = (_slot_sum(partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2)
-                 + _slot_sum(partials_ptr, rows, row_ok, 2, SPLITS, SPLITS_P2)
-                 + _slot_sum(partials_ptr, rows, row_ok, 4, SPLITS, SPLITS_P2))
-        dot = (_slot_sum(partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2)
-               + _slot_sum(partials_ptr, rows, row_ok, 3, SPLITS, SPLITS_P2)
-               + _slot_sum(partials_ptr, rows, row_ok, 5, SPLITS, SPLITS_P2))
-        return total / (3.0 * H), dot / (3.0 * H)
-    return (_slot_sum(partials_ptr, rows, row_ok, 2 * gate, SPLITS, SPLITS_P2) / H,
-            _slot_sum(partials_ptr, rows, row_ok, 2 * gate + 1, SPLITS, SPLITS_P2) / H)
+    dx, xhat, _ = _norm_terms(d_r, 0, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active,
+                              units, unit_ok, B, H, GROUPS)
+    store_norm_sums(dx, xhat, partials_ptr, rows, row_ok, units, unit_ok, pc, 0, SPLITS, SLOTS)
+    dx, xhat, _ = _norm_terms(d_z, 1, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active,
+                              units, unit_ok, B, H, GROUPS)
+    store_norm_sums(dx, xhat, partials_ptr, rows, row_ok, units, unit_ok, pc, 2, SPLITS, SLOTS)
+    dx, xhat, _ = _norm_terms(d_n, 2, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok, active,
+                              units, unit_ok, B, H, GROUPS)
+    store_norm_sums(dx, xhat, partials_ptr, rows, row_ok, units, unit_ok, pc, 4, SPLITS, SLOTS)
 
 
 @triton.jit
 def _norm_input_grad(d_hh, gate, hh_ptr, stats_ptr, ln_hh_ptr, partials_ptr, t, rows, row_ok,
                      active, units, unit_ok, B, H, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
                      SPLITS_P2: tl.constexpr):
-    """dL/d(W_hh h) of one gate: rstd ⊙ (dx̂ − mean dx̂ − x̂ ⊙ mean(dx̂ ⊙ x̂))."""
+    """dL/d(W_hh h) of one gate (zero on rows that do not run at t)."""
     dx, xhat, rstd = _norm_terms(d_hh, gate, hh_ptr, stats_ptr, ln_hh_ptr, t, rows, row_ok,
                                  active, units, unit_ok, B, H, GROUPS)
-    mean_dx, mean_dot = _norm_means(partials_ptr, rows, row_ok, gate, H, GROUPS, SPLITS, SPLITS_P2)
-    grad = rstd[:, None] * (dx - mean_dx[:, None] - xhat * mean_dot[:, None])
+    grad = norm_input_grad(dx, xhat, rstd, gate, partials_ptr, rows, row_ok, H, G, GROUPS, SPLITS,
+                           SPLITS_P2, SLOTS)
     return tl.where(active[:, None] & unit_ok[None, :], grad, 0.0)
 
 
@@ -404,15 +368,12 @@ def _backward_product(d_hh_ptr, w_ptr, wt_r, wt_z, wt_n, rmask_ptr, t, rows, row
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
-        d_r = gate_tile(d_hh_ptr, t, 0, rows, row_ok, ks, k_ok, B, H, G, True).to(DOT_DTYPE)
-        d_z = gate_tile(d_hh_ptr, t, 1, rows, row_ok, ks, k_ok, B, H, G, True).to(DOT_DTYPE)
-        d_n = gate_tile(d_hh_ptr, t, 2, rows, row_ok, ks, k_ok, B, H, G, True).to(DOT_DTYPE)
-        acc = add_gate_product(acc, d_r, wt_r, w_ptr, 0, ks, k_ok, units, unit_ok, H, HOIST, False,
-                               DOT_DTYPE, PRECISION)
-        acc = add_gate_product(acc, d_z, wt_z, w_ptr, 1, ks, k_ok, units, unit_ok, H, HOIST, False,
-                               DOT_DTYPE, PRECISION)
-        acc = add_gate_product(acc, d_n, wt_n, w_ptr, 2, ks, k_ok, units, unit_ok, H, HOIST, False,
-                               DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, d_hh_ptr, wt_r, w_ptr, 0, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, d_hh_ptr, wt_z, w_ptr, 1, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, d_hh_ptr, wt_n, w_ptr, 2, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
     if HAS_RMASK:
         acc *= load_rows(rmask_ptr, rows, row_ok, units, unit_ok, H, 0.0, False)
     return acc
@@ -431,7 +392,7 @@ def _backward_step(t, pc, rows, row_ok, units, unit_ok, wt_r, wt_z, wt_n, carry,
                    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """One step back: (dL/dh_{t-1} of the program's units, syncs).  A per-step phase recomputes
     the local gate gradients rather than storing them; d_hh [T, B, 3H] is the exchange."""
-    active, first, last, previous_t = _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
+    active, first, last, previous_t = row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
     direct, d_r, d_z, d_n = _gate_grads(
         carry, grad_out_ptr, out_ptr, h0_ptr, preact_ptr, hidden_n_ptr, d_gx_ptr,
         tl.load(seed_ptr), z_threshold, z_p, cand_threshold, cand_p, t, previous_t, rows, row_ok,
@@ -504,7 +465,8 @@ def _gru_backward_phase(
     """carry_ptr [B, H] float32 holds dL/dh_t between launches; only the last phase updates it."""
     pb, pc, rows, row_ok, units, unit_ok = program_tile(B, H, BLOCK_B, BLOCK_H)
     if t < tile_steps(lengths_ptr, rows, row_ok):
-        wt_r, wt_z, wt_n = _hoisted_weights(w_ptr, units, unit_ok, H, HOIST, False, BLOCK_K, DOT_DTYPE)
+        wt_r, wt_z, wt_n = _hoisted_weights(w_ptr, units, unit_ok, H, HOIST, False, BLOCK_K,
+                                            DOT_DTYPE)
         carry = load_rows(carry_ptr, rows, row_ok, units, unit_ok, H, 0.0, False)
         carry, _ = _backward_step(
             t, pc, rows, row_ok, units, unit_ok, wt_r, wt_z, wt_n, carry, 0, counters_ptr + pb,
@@ -521,32 +483,18 @@ def _gru_backward_phase(
 
 def _launch_settings(batch, hidden, dtype, device, layer_norm, ln_groups, recurrent_mask,
                      zoneout, candidate_dropout, training, reverse):
-    """(grid, persistent, scalar mask arguments, constexpr options) shared by both directions."""
+    """(grid, persistent, workspaces, scalar mask arguments, constexpr options) shared by both
+    directions; the workspaces are the layer-norm partials and the barrier counters."""
     tiling = tiling_for(batch, hidden, GATES, dtype, device)
     splits = tiling.splits(hidden)
-    dot_dtype, precision = dot_settings(dtype, device)
+    workspaces = (exchange_buffer(batch, splits, 6, device),
+                  barrier_counters(tiling, batch, device))
     scalars = (M.threshold(zoneout), float(zoneout), M.threshold(candidate_dropout),
                float(candidate_dropout))
-    options = dict(
-        GROUPS=ln_groups, HAS_RMASK=recurrent_mask is not None, LAYER_NORM=layer_norm,
-        ZONEOUT=zoneout > 0, CANDIDATE=bool(training and candidate_dropout > 0),
-        TRAINING=bool(training), REVERSE=bool(reverse), HOIST=tiling.hoist_weights,
-        SPLITS=splits, SPLITS_P2=triton.next_power_of_2(splits), BLOCK_B=tiling.block_b,
-        BLOCK_H=tiling.block_h, BLOCK_K=tiling.block_k, DOT_DTYPE=dot_dtype,
-        PRECISION=precision, num_warps=tiling.num_warps)
-    return (tiling.batch_tiles(batch), splits), tiling.persistent, scalars, options
-
-
-def _workspaces(grid, batch, device):
-    """(layer-norm partials [B, splits, SLOTS], one barrier counter per batch tile)."""
-    return (torch.empty(batch * grid[1] * 6, dtype=torch.float32, device=device),
-            torch.zeros(grid[0], dtype=torch.int32, device=device))
-
-
-def _lengths_or_full(lengths, steps, batch, device):
-    if lengths is None:
-        return torch.full((batch,), steps, dtype=torch.int64, device=device)
-    return lengths.contiguous()
+    options = launch_options(tiling, hidden, dtype, device, ln_groups, layer_norm,
+                             recurrent_mask, candidate_dropout, training, reverse)
+    options["ZONEOUT"] = zoneout > 0
+    return (tiling.batch_tiles(batch), splits), tiling.persistent, workspaces, scalars, options
 
 
 def _new_per_step(shape, dtype, device, lengths):
@@ -555,10 +503,6 @@ def _new_per_step(shape, dtype, device, lengths):
     if lengths is None:
         return new_output(*shape, dtype=dtype, device=device)
     return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _time_order(steps, descending):
-    return range(steps - 1, -1, -1) if descending else range(steps)
 
 
 def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups,
@@ -575,32 +519,28 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
                        device=device)
     if steps == 0 or batch == 0:
         return out, h_n.copy_(h0), preact, hidden_n, stats
-    grid, persistent, scalars, options = _launch_settings(
+    grid, persistent, workspaces, scalars, options = _launch_settings(
         batch, hidden, dtype, device, layer_norm, ln_groups, recurrent_mask, zoneout,
         candidate_dropout, training, reverse)
     w_hh = w_hh.contiguous()
-    args = (gx.contiguous(), w_hh, _or(b_hh, w_hh), _or(ln_hh_weight, w_hh), h0.contiguous(),
-            _lengths_or_full(lengths, steps, batch, device), _or(recurrent_mask, w_hh), seed,
-            out, h_n, preact, hidden_n, stats, *_workspaces(grid, batch, device), batch, hidden,
-            *scalars)
+    args = (gx.contiguous(), w_hh, present_or(b_hh, w_hh), present_or(ln_hh_weight, w_hh),
+            h0.contiguous(), lengths_or_full(lengths, steps, batch, device),
+            present_or(recurrent_mask, w_hh), seed, out, h_n, preact, hidden_n, stats,
+            *workspaces, batch, hidden, *scalars)
     options["HAS_BIAS"] = b_hh is not None
     if persistent:
         _gru_forward_persistent[grid](*args, **options)
     else:
         phases = (PHASE_MOMENTS, PHASE_OUTPUT) if layer_norm else (PHASE_OUTPUT,)
-        for t in _time_order(steps, reverse):
+        for t in step_order(steps, reverse):
             for phase in phases:
                 _gru_forward_phase[grid](*args, t, PHASE=phase, **options)
     return out, h_n, preact, hidden_n, stats
 
 
-def _or(tensor, placeholder):
-    """A pointer for an absent optional tensor (a constexpr tells the kernel not to read it)."""
-    return placeholder if tensor is None else tensor.contiguous()
-
-
-def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout,
-                 training, reverse):
+def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0,
+                 lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout, training,
+                 reverse):
     """``fastrnn::gru_backward`` -> gradients of (gx, w_hh, b_hh, ln_hh_weight, h0).
 
     The kernel runs time backwards and writes d_gx and d_hh = dL/d(W_hh (d ⊙ h_{t-1})) per step;
@@ -611,7 +551,7 @@ def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, l
     d_gx = _new_per_step((steps, batch, 3 * hidden), dtype, device, lengths)
     d_hh = _new_per_step((steps, batch, 3 * hidden), dtype, device, lengths)
     d_h0 = new_output(batch, hidden, dtype=dtype, device=device)
-    h_in = _recurrent_input(out, h0, lengths, recurrent_mask, reverse)
+    h_in = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse)
     # The layer-norm backward needs x̂, so W_hh (d ⊙ h_{t-1}) of every step is recomputed here
     # in one GEMM rather than saved by the forward.
     hh = h_in @ w_hh.t() if layer_norm else None
@@ -631,15 +571,15 @@ def _run_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, hh, w_hh, ln
     steps, batch, hidden = out.shape[0], out.shape[1], w_hh.shape[1]
     dtype, device = out.dtype, out.device
     layer_norm = ln_hh_weight is not None
-    grid, persistent, scalars, options = _launch_settings(
+    grid, persistent, workspaces, scalars, options = _launch_settings(
         batch, hidden, dtype, device, layer_norm, ln_groups, recurrent_mask, zoneout,
         candidate_dropout, training, reverse)
     w_hh, h0, out = w_hh.contiguous(), h0.contiguous(), out.contiguous()
     inputs = (out, h0, preact.contiguous(), hidden_n.contiguous(), stats.contiguous(),
-              d_hh if hh is None else hh.contiguous(), w_hh,
-              _or(ln_hh_weight, w_hh), _lengths_or_full(lengths, steps, batch, device),
-              _or(recurrent_mask, w_hh), seed, d_gx, d_hh)
-    tail = (*_workspaces(grid, batch, device), batch, hidden, *scalars)
+              d_hh if hh is None else hh.contiguous(), w_hh, present_or(ln_hh_weight, w_hh),
+              lengths_or_full(lengths, steps, batch, device), present_or(recurrent_mask, w_hh),
+              seed, d_gx, d_hh)
+    tail = (*workspaces, batch, hidden, *scalars)
     grad_out = grad_out.contiguous()
     if persistent:
         _gru_backward_persistent[grid](grad_out, grad_h_n.contiguous(), *inputs, d_h0, *tail,
@@ -648,25 +588,19 @@ def _run_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, hh, w_hh, ln
     carry = grad_h_n.float().contiguous()
     phases = ((PHASE_GATES, PHASE_NORM, PHASE_PRODUCT) if layer_norm
               else (PHASE_GATES, PHASE_PRODUCT))
-    for t in _time_order(steps, not reverse):
+    for t in step_order(steps, not reverse):
         for phase in phases:
             _gru_backward_phase[grid](grad_out, carry, *inputs, *tail, t, PHASE=phase, **options)
     d_h0.copy_(carry)
-
-
-def _recurrent_input(out, h0, lengths, recurrent_mask, reverse):
-    """[T, B, H]: d ⊙ h_{t-1}, what each step's recurrent product read."""
-    previous = previous_states(out, h0, lengths, reverse)
-    return previous if recurrent_mask is None else previous * recurrent_mask
 
 
 def _parameter_gradients(d_gx, d_hh, h_in, hh, preact, stats, w_hh, b_hh, ln_hh_weight,
                          ln_groups, lengths):
     """(d_w_hh, d_b_hh, d_ln_hh_weight): sums over every (t, b) in a fixed order."""
     steps, hidden = d_gx.shape[0], w_hh.shape[1]
-    d_w_hh = (d_hh.reshape(-1, 3 * hidden).t() @ h_in.reshape(-1, hidden)).to(w_hh.dtype)
+    d_w_hh = recurrent_weight_grad(d_hh, h_in, w_hh)
     if b_hh is None and ln_hh_weight is None:
-        return d_w_hh, _absent(w_hh), _absent(w_hh)
+        return d_w_hh, absent_gradient(w_hh), absent_gradient(w_hh)
     active = (None if lengths is None else
               (torch.arange(steps, device=d_gx.device)[:, None] < lengths[None, :])[..., None])
     # dL/d(γ ⊙ N(W_hh h) + b_hh) is d_gx for r and z; for n it is d_gx_n scaled by r.
@@ -674,9 +608,9 @@ def _parameter_gradients(d_gx, d_hh, h_in, hh, preact, stats, w_hh, b_hh, ln_hh_
     d_term = torch.cat([d_gx[..., :2 * hidden].float(), d_gx[..., 2 * hidden:].float() * reset], -1)
     if active is not None:
         d_term = torch.where(active, d_term, 0.0)
-    d_b_hh = _absent(w_hh) if b_hh is None else d_term.sum((0, 1)).to(b_hh.dtype)
+    d_b_hh = absent_gradient(w_hh) if b_hh is None else d_term.sum((0, 1)).to(b_hh.dtype)
     if ln_hh_weight is None:
-        return d_w_hh, d_b_hh, _absent(w_hh)
+        return d_w_hh, d_b_hh, absent_gradient(w_hh)
     grouped = hh.float().unflatten(-1, (ln_groups, -1))
     xhat = ((grouped - stats[..., :ln_groups, None]) * stats[..., ln_groups:, None]).flatten(-2)
     products = d_term * xhat
@@ -684,7 +618,3 @@ def _parameter_gradients(d_gx, d_hh, h_in, hh, preact, stats, w_hh, b_hh, ln_hh_
         products = torch.where(active, products, 0.0)
     return d_w_hh, d_b_hh, products.sum((0, 1)).to(ln_hh_weight.dtype)
 
-
-def _absent(like):
-    """The gradient of an absent optional parameter: a fresh empty tensor (outputs never alias)."""
-    return like.new_empty(0)

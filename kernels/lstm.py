@@ -41,14 +41,16 @@ import triton.language as tl
 
 from fastrnn import masks as M
 from fastrnn.kernels.common import (
-    accumulate_columns, add_gate_product, dot_settings, dropout_scale, gate_moments, gate_tile,
-    load_partials, load_previous, load_rows, new_output, previous_states, program_tile,
-    recurrent_input, sigmoid, step_geometry, step_mask_index, store_gate_moments,
-    store_gate_tile, store_partial, store_rows, sync_tile, tanh, tile_steps, tiling_for,
-    time_of_step, weight_tile, zoneout_weight)
+    EPS, absent_gradient, accumulate_columns, add_backward_gate_product, add_gate_product,
+    barrier_counters, dropout_scale, exchange_buffer, gate_moments, gate_tile, group_statistics,
+    hoisted_weight_tile, launch_options, lengths_or_full, load_previous, load_rows, new_output,
+    norm_input_grad, present_or, program_tile, recurrent_input, recurrent_inputs,
+    recurrent_weight_grad, row_geometry, sigmoid, step_mask_index, step_order,
+    store_gate_moments, store_gate_tile, store_norm_sums, store_rows, summed_partial, sync_tile,
+    tanh, tile_steps, tiling_for, time_of_step, zoneout_weight)
 
 GATES = 4
-EPS: tl.constexpr = 1e-5
+G: tl.constexpr = 4
 HH_SLOTS: tl.constexpr = 8    # per split and row: (sum, centred squares) of each gate's W_hh h
 CELL_SLOTS: tl.constexpr = 2  # per split and row: (sum, centred squares) of c~, or the two
                               # backward sums of the cell norm
@@ -65,12 +67,6 @@ PHASE_HIDDEN_GRAD: tl.constexpr = 3
 
 
 # ----------------------------------------------------------------------------- shared pieces
-
-@triton.jit
-def _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE: tl.constexpr):
-    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32)
-    return step_geometry(t, lengths, REVERSE)
-
 
 @triton.jit
 def _statistics_writer(rows, row_ok, pc):
@@ -92,26 +88,17 @@ def _store_row_stat(stats_ptr, t, rows, ok, column, value, B, S: tl.constexpr):
 @triton.jit
 def _hh_statistics(partials_ptr, rows, row_ok, H, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
                    SPLITS_P2: tl.constexpr, BLOCK_H: tl.constexpr):
-    """(mean, rstd) of each gate's layer-norm group: per gate (GROUPS=4), or over all 4H
-    (GROUPS=1: the four equal-size gate slices merged like any other chunks)."""
-    mean_i, var_i = gate_moments(partials_ptr, rows, row_ok, 0, H, SPLITS, SPLITS_P2, BLOCK_H,
-                                 HH_SLOTS)
-    mean_f, var_f = gate_moments(partials_ptr, rows, row_ok, 1, H, SPLITS, SPLITS_P2, BLOCK_H,
-                                 HH_SLOTS)
-    mean_g, var_g = gate_moments(partials_ptr, rows, row_ok, 2, H, SPLITS, SPLITS_P2, BLOCK_H,
-                                 HH_SLOTS)
-    mean_o, var_o = gate_moments(partials_ptr, rows, row_ok, 3, H, SPLITS, SPLITS_P2, BLOCK_H,
-                                 HH_SLOTS)
-    if GROUPS == 1:
-        # Four chunks of H each: the variance is the mean of their variances plus the spread of
-        # their means around the overall mean.
-        mean = (mean_i + mean_f + mean_g + mean_o) * 0.25
-        spread = ((mean_i - mean) * (mean_i - mean) + (mean_f - mean) * (mean_f - mean)
-                  + (mean_g - mean) * (mean_g - mean) + (mean_o - mean) * (mean_o - mean))
-        rstd = 1.0 / tl.sqrt((var_i + var_f + var_g + var_o + spread) * 0.25 + EPS)
-        return mean, mean, mean, mean, rstd, rstd, rstd, rstd
-    return (mean_i, mean_f, mean_g, mean_o, 1.0 / tl.sqrt(var_i + EPS), 1.0 / tl.sqrt(var_f + EPS),
-            1.0 / tl.sqrt(var_g + EPS), 1.0 / tl.sqrt(var_o + EPS))
+    """(mean_i, mean_f, mean_g, mean_o, rstd_i, rstd_f, rstd_g, rstd_o) of the gates'
+    layer-norm groups."""
+    mean_i, rstd_i = group_statistics(partials_ptr, rows, row_ok, 0, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, HH_SLOTS)
+    mean_f, rstd_f = group_statistics(partials_ptr, rows, row_ok, 1, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, HH_SLOTS)
+    mean_g, rstd_g = group_statistics(partials_ptr, rows, row_ok, 2, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, HH_SLOTS)
+    mean_o, rstd_o = group_statistics(partials_ptr, rows, row_ok, 3, H, G, GROUPS, SPLITS,
+                                      SPLITS_P2, BLOCK_H, HH_SLOTS)
+    return mean_i, mean_f, mean_g, mean_o, rstd_i, rstd_f, rstd_g, rstd_o
 
 
 @triton.jit
@@ -266,7 +253,7 @@ def _forward_step(t, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, syncs
     """One forward step.  PERSISTENT: all phases with barriers between them; otherwise the
     phases up to PHASE are recomputed and only PHASE's writes are made.  Returns the number of
     barriers passed so far."""
-    active, first, last, previous_t = _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
+    active, first, last, previous_t = row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
     seed = tl.load(seed_ptr)
     hh_i, hh_f, hh_g, hh_o = _forward_product(
         out_ptr, h0_ptr, rmask_ptr, w_ptr, w_i, w_f, w_g, w_o, previous_t, rows, row_ok, active,
@@ -327,15 +314,12 @@ def _forward_step(t, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, syncs
 @triton.jit
 def _hoisted_weights(w_ptr, units, unit_ok, H, HOIST: tl.constexpr, TRANSPOSED: tl.constexpr,
                      BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """The program's four W_hh tiles over the whole reduction (HOIST), else placeholders."""
-    if HOIST:
-        ks = tl.arange(0, BLOCK_K)
-        k_ok = ks < H
-        return (weight_tile(w_ptr, 0, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE),
-                weight_tile(w_ptr, 1, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE),
-                weight_tile(w_ptr, 2, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE),
-                weight_tile(w_ptr, 3, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE))
-    return 0, 0, 0, 0
+    """The program's i, f, g, o tiles of W_hh (see ``hoisted_weight_tile``)."""
+    w_i = hoisted_weight_tile(w_ptr, 0, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    w_f = hoisted_weight_tile(w_ptr, 1, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    w_g = hoisted_weight_tile(w_ptr, 2, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    w_o = hoisted_weight_tile(w_ptr, 3, units, unit_ok, H, HOIST, TRANSPOSED, BLOCK_K, DOT_DTYPE)
+    return w_i, w_f, w_g, w_o
 
 
 @triton.jit
@@ -475,76 +459,22 @@ def _hh_norm_local(da, gate, hh_ptr, ln_hh_ptr, stats_ptr, t, rows, ok, units, u
 
 
 @triton.jit
-def _store_norm_sums(d_norm, norm, partials_ptr, rows, row_ok, units, unit_ok, pc, slot,
-                     SPLITS: tl.constexpr, SLOTS: tl.constexpr):
-    """Per-row sums of dN and dN ⊙ N over this split's units, into slots (slot, slot + 1)."""
-    valid = row_ok[:, None] & unit_ok[None, :]
-    store_partial(partials_ptr, rows, row_ok, pc, slot,
-                  tl.sum(tl.where(valid, d_norm, 0.0), axis=1), SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, pc, slot + 1,
-                  tl.sum(tl.where(valid, d_norm * norm, 0.0), axis=1), SPLITS, SLOTS)
-
-
-@triton.jit
-def _summed_partial(partials_ptr, rows, row_ok, slot, SPLITS: tl.constexpr,
-                    SPLITS_P2: tl.constexpr, SLOTS: tl.constexpr):
-    return tl.sum(load_partials(partials_ptr, rows, row_ok, slot, SPLITS, SPLITS_P2, SLOTS), axis=1)
-
-
-@triton.jit
-def _hh_group_sums(partials_ptr, rows, row_ok, gate, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
-                   SPLITS_P2: tl.constexpr):
-    """Row sums of dN and dN ⊙ N over gate ``gate``'s layer-norm group."""
-    if GROUPS == 1:
-        sum_dn = _summed_partial(partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2, HH_SLOTS)
-        sum_dnn = _summed_partial(partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2, HH_SLOTS)
-        for other in tl.static_range(1, 4):
-            sum_dn += _summed_partial(partials_ptr, rows, row_ok, 2 * other, SPLITS, SPLITS_P2,
-                                      HH_SLOTS)
-            sum_dnn += _summed_partial(partials_ptr, rows, row_ok, 2 * other + 1, SPLITS,
-                                       SPLITS_P2, HH_SLOTS)
-        return sum_dn, sum_dnn
-    return (_summed_partial(partials_ptr, rows, row_ok, 2 * gate, SPLITS, SPLITS_P2, HH_SLOTS),
-            _summed_partial(partials_ptr, rows, row_ok, 2 * gate + 1, SPLITS, SPLITS_P2, HH_SLOTS))
-
-
-@triton.jit
-def _hh_input_grad(d_norm, norm, rstd, gate, partials_ptr, rows, row_ok, H,
-                   GROUPS: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
-    """d(W_hh h) of one gate through its layer norm."""
-    sum_dn, sum_dnn = _hh_group_sums(partials_ptr, rows, row_ok, gate, GROUPS, SPLITS, SPLITS_P2)
-    width = H * 4.0 / GROUPS
-    return rstd[:, None] * (d_norm - sum_dn[:, None] / width - norm * (sum_dnn[:, None] / width))
-
-
-@triton.jit
-def _gate_chunk(step_ptr, gate, rows, row_ok, ks, k_ok, H, DOT_DTYPE: tl.constexpr):
-    """Columns gate·H + ks of one step of the exchanged d_hh [T, B, 4H], as dot operand."""
-    return load_rows(step_ptr, rows, row_ok, gate * H + ks, k_ok, 4 * H, 0.0, True).to(DOT_DTYPE)
-
-
-@triton.jit
 def _backward_product(dhh_ptr, w_ptr, w_i, w_f, w_g, w_o, t, rows, row_ok, units, unit_ok, B, H,
                       HOIST: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                       BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """W_hhᵀ d_hh for the program's units: the sum over the four gate blocks of d_hh_g W_g."""
     acc = tl.zeros([BLOCK_B, BLOCK_H], tl.float32)
-    step = dhh_ptr + (t * B).to(tl.int64) * 4 * H
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < H
-        acc = add_gate_product(acc, _gate_chunk(step, 0, rows, row_ok, ks, k_ok, H, DOT_DTYPE),
-                               w_i, w_ptr, 0, ks, k_ok, units, unit_ok, H, HOIST, False, DOT_DTYPE,
-                               PRECISION)
-        acc = add_gate_product(acc, _gate_chunk(step, 1, rows, row_ok, ks, k_ok, H, DOT_DTYPE),
-                               w_f, w_ptr, 1, ks, k_ok, units, unit_ok, H, HOIST, False, DOT_DTYPE,
-                               PRECISION)
-        acc = add_gate_product(acc, _gate_chunk(step, 2, rows, row_ok, ks, k_ok, H, DOT_DTYPE),
-                               w_g, w_ptr, 2, ks, k_ok, units, unit_ok, H, HOIST, False, DOT_DTYPE,
-                               PRECISION)
-        acc = add_gate_product(acc, _gate_chunk(step, 3, rows, row_ok, ks, k_ok, H, DOT_DTYPE),
-                               w_o, w_ptr, 3, ks, k_ok, units, unit_ok, H, HOIST, False, DOT_DTYPE,
-                               PRECISION)
+        acc = add_backward_gate_product(acc, dhh_ptr, w_i, w_ptr, 0, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, dhh_ptr, w_f, w_ptr, 1, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, dhh_ptr, w_g, w_ptr, 2, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
+        acc = add_backward_gate_product(acc, dhh_ptr, w_o, w_ptr, 3, t, rows, row_ok, ks, k_ok,
+                                        units, unit_ok, B, H, G, HOIST, DOT_DTYPE, PRECISION)
     return acc
 
 
@@ -583,7 +513,7 @@ def _backward_step(t, pb, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, 
     """One backward step from the carries (dh_t, dc_t) of the program's units to
     (dh_{t-1}, dc_{t-1}); finished rows keep their carries.  PERSISTENT / PHASE as in
     ``_forward_step``.  Returns (dh, dc, barriers passed)."""
-    active, first, last, previous_t = _row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
+    active, first, last, previous_t = row_geometry(lengths_ptr, t, rows, row_ok, REVERSE)
     ok = row_ok & active
     seed = tl.load(seed_ptr)
     (d_h, keep_h, keep_c, i, f, tanh_g, o, c_prev, normalized, scale, d_normalized, dy,
@@ -597,13 +527,13 @@ def _backward_step(t, pb, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, 
     rstd_c = sum_dn
     if LAYER_NORM:
         if PERSISTENT or PHASE == PHASE_CELL_SUMS:
-            _store_norm_sums(d_normalized, normalized, cell_partials_ptr, rows, row_ok, units,
+            store_norm_sums(d_normalized, normalized, cell_partials_ptr, rows, row_ok, units,
                              unit_ok, pc, 0, SPLITS, CELL_SLOTS)
         if PERSISTENT:
             syncs += 1
             sync_tile(counter_ptr, syncs * SPLITS, SPLITS)
-        sum_dn = _summed_partial(cell_partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2, CELL_SLOTS)
-        sum_dnn = _summed_partial(cell_partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2, CELL_SLOTS)
+        sum_dn = summed_partial(cell_partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2, CELL_SLOTS)
+        sum_dnn = summed_partial(cell_partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2, CELL_SLOTS)
         rstd_c = _row_stat(stats_ptr, t, rows, ok, 2 * GROUPS + 1, B, S)
     new_dh = dh
     new_dc = dc
@@ -632,13 +562,13 @@ def _backward_step(t, pb, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, 
                 accumulate_columns(row + H, units, unit_ok, da_f * n_f, ok)
                 accumulate_columns(row + 2 * H, units, unit_ok, da_g * n_g, ok)
                 accumulate_columns(row + 3 * H, units, unit_ok, da_o * n_o, ok)
-                _store_norm_sums(dn_i, n_i, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 0,
+                store_norm_sums(dn_i, n_i, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 0,
                                  SPLITS, HH_SLOTS)
-                _store_norm_sums(dn_f, n_f, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 2,
+                store_norm_sums(dn_f, n_f, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 2,
                                  SPLITS, HH_SLOTS)
-                _store_norm_sums(dn_g, n_g, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 4,
+                store_norm_sums(dn_g, n_g, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 4,
                                  SPLITS, HH_SLOTS)
-                _store_norm_sums(dn_o, n_o, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 6,
+                store_norm_sums(dn_o, n_o, hh_partials_ptr, rows, row_ok, units, unit_ok, pc, 6,
                                  SPLITS, HH_SLOTS)
             if PERSISTENT:
                 syncs += 1
@@ -646,14 +576,14 @@ def _backward_step(t, pb, pc, rows, row_ok, units, unit_ok, w_i, w_f, w_g, w_o, 
             if PERSISTENT or PHASE == PHASE_HH_GRADS:
                 _store_gates(
                     dhh_ptr, t, rows, row_ok, active, units, unit_ok, B, H,
-                    _hh_input_grad(dn_i, n_i, rstd_i, 0, hh_partials_ptr, rows, row_ok, H, GROUPS,
-                                   SPLITS, SPLITS_P2),
-                    _hh_input_grad(dn_f, n_f, rstd_f, 1, hh_partials_ptr, rows, row_ok, H, GROUPS,
-                                   SPLITS, SPLITS_P2),
-                    _hh_input_grad(dn_g, n_g, rstd_g, 2, hh_partials_ptr, rows, row_ok, H, GROUPS,
-                                   SPLITS, SPLITS_P2),
-                    _hh_input_grad(dn_o, n_o, rstd_o, 3, hh_partials_ptr, rows, row_ok, H, GROUPS,
-                                   SPLITS, SPLITS_P2))
+                    norm_input_grad(dn_i, n_i, rstd_i, 0, hh_partials_ptr, rows, row_ok, H, G,
+                                   GROUPS, SPLITS, SPLITS_P2, HH_SLOTS),
+                    norm_input_grad(dn_f, n_f, rstd_f, 1, hh_partials_ptr, rows, row_ok, H, G,
+                                   GROUPS, SPLITS, SPLITS_P2, HH_SLOTS),
+                    norm_input_grad(dn_g, n_g, rstd_g, 2, hh_partials_ptr, rows, row_ok, H, G,
+                                   GROUPS, SPLITS, SPLITS_P2, HH_SLOTS),
+                    norm_input_grad(dn_o, n_o, rstd_o, 3, hh_partials_ptr, rows, row_ok, H, G,
+                                   GROUPS, SPLITS, SPLITS_P2, HH_SLOTS))
         elif PERSISTENT or PHASE == PHASE_GATE_GRADS:
             # Without layer norm the gradient of W_hh h is d preact itself.
             _store_gates(dhh_ptr, t, rows, row_ok, active, units, unit_ok, B, H, da_i, da_f, da_g,
@@ -753,33 +683,27 @@ def _contiguous(*tensors):
     return [None if x is None else x.contiguous() for x in tensors]
 
 
-def _options(w_hh, b_hh, ln_hh_weight, recurrent_mask, ln_groups, zoneout_cell, zoneout_hidden,
-             candidate_dropout, training, reverse, tiling, splits):
-    """Launch arguments common to every LSTM kernel of a call."""
-    dot_dtype, precision = dot_settings(w_hh.dtype, w_hh.device)
+def _options(w_hh, b_hh, ln_hh_weight, recurrent_mask, lengths, steps, batch, ln_groups,
+             zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse, tiling):
+    """Launch arguments common to every LSTM kernel of a call: the optional inputs' pointers,
+    the workspaces, the mask scalars and the constexpr options."""
+    hidden, device = w_hh.shape[1], w_hh.device
+    splits = tiling.splits(hidden)
     layer_norm = ln_hh_weight is not None
     return dict(
+        w_ptr=w_hh, ln_hh_ptr=present_or(ln_hh_weight, w_hh),
+        lengths_ptr=lengths_or_full(lengths, steps, batch, device),
+        rmask_ptr=present_or(recurrent_mask, w_hh),
+        hh_partials_ptr=exchange_buffer(batch, splits, 8, device),
+        cell_partials_ptr=exchange_buffer(batch, splits, 2, device),
+        counters_ptr=barrier_counters(tiling, batch, device), T=steps, B=batch, H=hidden,
         zc_threshold=M.threshold(zoneout_cell), zc_p=float(zoneout_cell),
         zh_threshold=M.threshold(zoneout_hidden), zh_p=float(zoneout_hidden),
         cand_threshold=M.threshold(candidate_dropout), candidate_p=float(candidate_dropout),
-        GROUPS=ln_groups, S=2 * ln_groups + 2 if layer_norm else 0, HAS_BIAS=b_hh is not None,
-        HAS_RMASK=recurrent_mask is not None, LAYER_NORM=layer_norm,
+        S=2 * ln_groups + 2 if layer_norm else 0, HAS_BIAS=b_hh is not None,
         ZONE_C=zoneout_cell > 0, ZONE_H=zoneout_hidden > 0,
-        CANDIDATE=bool(training) and candidate_dropout > 0, TRAINING=bool(training),
-        REVERSE=bool(reverse), HOIST=tiling.hoist_weights, SPLITS=splits,
-        SPLITS_P2=triton.next_power_of_2(splits), BLOCK_B=tiling.block_b,
-        BLOCK_H=tiling.block_h, BLOCK_K=tiling.block_k, DOT_DTYPE=dot_dtype,
-        PRECISION=precision, num_warps=tiling.num_warps)
-
-
-def _lengths_or_full(lengths, steps, batch, device):
-    if lengths is None:
-        return torch.full((batch,), steps, dtype=torch.int64, device=device)
-    return lengths.contiguous()
-
-
-def _step_order(steps, backwards):
-    return range(steps - 1, -1, -1) if backwards else range(steps)
+        **launch_options(tiling, hidden, w_hh.dtype, device, ln_groups, layer_norm,
+                         recurrent_mask, candidate_dropout, training, reverse))
 
 
 def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
@@ -803,32 +727,20 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
     if batch == 0:
         return out, h_n, c_n, preact, cell, stats
     tiling = tiling_for(batch, hidden, GATES, dtype, device)
-    splits, batch_tiles = tiling.splits(hidden), tiling.batch_tiles(batch)
-    scratch = dict(dtype=torch.float32, device=device)
-    absent = w_hh
     args = dict(
-        gx_ptr=gx, w_ptr=w_hh, b_ptr=absent if b_hh is None else b_hh,
-        ln_hh_ptr=ln_hh_weight if layer_norm else absent,
-        ln_cell_w_ptr=ln_cell_weight if layer_norm else absent,
-        ln_cell_b_ptr=ln_cell_bias if layer_norm else absent, h0_ptr=h0, c0_ptr=c0,
-        lengths_ptr=_lengths_or_full(lengths, steps, batch, device),
-        rmask_ptr=absent if recurrent_mask is None else recurrent_mask, seed_ptr=seed,
+        gx_ptr=gx, b_ptr=present_or(b_hh, w_hh), ln_cell_w_ptr=present_or(ln_cell_weight, w_hh),
+        ln_cell_b_ptr=present_or(ln_cell_bias, w_hh), h0_ptr=h0, c0_ptr=c0, seed_ptr=seed,
         out_ptr=out, h_n_ptr=h_n, c_n_ptr=c_n, preact_ptr=preact, cell_ptr=cell,
-        stats_ptr=stats if layer_norm else absent,
-        hh_partials_ptr=torch.zeros(batch, splits, 8, **scratch),
-        cell_partials_ptr=torch.zeros(batch, splits, 2, **scratch),
-        counters_ptr=torch.zeros(batch_tiles, dtype=torch.int32, device=device),
-        T=steps, B=batch, H=hidden,
-        **_options(w_hh, b_hh, ln_hh_weight, recurrent_mask, ln_groups,
-                   zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse, tiling,
-                   splits))
-    grid = (batch_tiles, splits)
+        stats_ptr=stats if layer_norm else w_hh,
+        **_options(w_hh, b_hh, ln_hh_weight, recurrent_mask, lengths, steps, batch, ln_groups,
+                   zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse, tiling))
+    grid = (tiling.batch_tiles(batch), tiling.splits(hidden))
     if tiling.persistent:
         _lstm_forward_persistent[grid](**args)
     else:
         phases = ((PHASE_HH_MOMENTS, PHASE_CELL_MOMENTS, PHASE_OUTPUT) if layer_norm
                   else (PHASE_OUTPUT,))
-        for t in _step_order(steps, reverse):
+        for t in step_order(steps, reverse):
             for phase in phases:
                 _lstm_forward_phase[grid](t=t, PHASE=phase, **args)
     return out, h_n, c_n, preact, cell, stats
@@ -850,54 +762,43 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
     d_h0 = new_output(batch, hidden, dtype=dtype, device=device)
     d_c0 = new_output(batch, hidden, dtype=dtype, device=device)
     tiling = tiling_for(max(batch, 1), hidden, GATES, dtype, device)
-    splits, batch_tiles = tiling.splits(hidden), tiling.batch_tiles(batch)
+    batch_tiles = tiling.batch_tiles(batch)
     scratch = dict(dtype=torch.float32, device=device)
     d_bias = torch.zeros(batch_tiles, GATES * hidden, **scratch)
     d_ln_hh = torch.zeros(batch_tiles, GATES * hidden, **scratch)
     d_ln_cell_w = torch.zeros(batch_tiles, hidden, **scratch)
     d_ln_cell_b = torch.zeros(batch_tiles, hidden, **scratch)
     # W_hh's input at every step; the last dimension of d_hh [T, B, 4H] pairs with it in d_w_hh.
-    h_in = previous_states(out, h0, lengths, reverse)
-    if recurrent_mask is not None:
-        h_in = h_in * recurrent_mask
+    h_in = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse)
     dhh = torch.zeros(steps, batch, GATES * hidden, **scratch)
     if batch > 0:
         hh = torch.matmul(h_in.float(), w_hh.float().t()) if layer_norm else None
         carry_h = torch.stack([grad_h_n.float(), torch.zeros_like(grad_h_n, dtype=torch.float32)])
         carry_c = torch.stack([grad_c_n.float(), torch.zeros_like(grad_c_n, dtype=torch.float32)])
-        absent = w_hh
         args = dict(
             grad_out_ptr=grad_out, grad_h_n_ptr=grad_h_n, grad_c_n_ptr=grad_c_n,
-            preact_ptr=preact, cell_ptr=cell, stats_ptr=stats if layer_norm else absent,
-            hh_ptr=hh if layer_norm else absent, w_ptr=w_hh,
-            ln_hh_ptr=ln_hh_weight if layer_norm else absent,
-            ln_cell_w_ptr=ln_cell_weight if layer_norm else absent,
-            ln_cell_b_ptr=ln_cell_bias if layer_norm else absent, c0_ptr=c0,
-            lengths_ptr=_lengths_or_full(lengths, steps, batch, device),
-            rmask_ptr=absent if recurrent_mask is None else recurrent_mask, seed_ptr=seed,
+            preact_ptr=preact, cell_ptr=cell, stats_ptr=stats if layer_norm else w_hh,
+            hh_ptr=present_or(hh, w_hh), ln_cell_w_ptr=present_or(ln_cell_weight, w_hh),
+            ln_cell_b_ptr=present_or(ln_cell_bias, w_hh), c0_ptr=c0, seed_ptr=seed,
             d_gx_ptr=d_gx, dhh_ptr=dhh, d_h0_ptr=d_h0, d_c0_ptr=d_c0, d_bias_ptr=d_bias,
             d_ln_hh_ptr=d_ln_hh, d_ln_cell_w_ptr=d_ln_cell_w, d_ln_cell_b_ptr=d_ln_cell_b,
-            hh_partials_ptr=torch.zeros(batch, splits, 8, **scratch),
-            cell_partials_ptr=torch.zeros(batch, splits, 2, **scratch),
-            counters_ptr=torch.zeros(batch_tiles, dtype=torch.int32, device=device),
-            carry_h_ptr=carry_h, carry_c_ptr=carry_c, T=steps, B=batch, H=hidden,
-            **_options(w_hh, b_hh, ln_hh_weight, recurrent_mask, ln_groups,
-                       zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse,
-                       tiling, splits))
-        grid = (batch_tiles, splits)
+            carry_h_ptr=carry_h, carry_c_ptr=carry_c,
+            **_options(w_hh, b_hh, ln_hh_weight, recurrent_mask, lengths, steps, batch,
+                       ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
+                       reverse, tiling))
+        grid = (batch_tiles, tiling.splits(hidden))
         if tiling.persistent:
             _lstm_backward_persistent[grid](**args)
         else:
             phases = ((PHASE_CELL_SUMS, PHASE_GATE_GRADS, PHASE_HH_GRADS, PHASE_HIDDEN_GRAD)
                       if layer_norm else (PHASE_GATE_GRADS, PHASE_HIDDEN_GRAD))
-            for position, t in enumerate(_step_order(steps, not reverse)):
+            for position, t in enumerate(step_order(steps, not reverse)):
                 for phase in phases:
                     _lstm_backward_phase[grid](t=t, carry_in=position % 2, PHASE=phase, **args)
-    d_w_hh = torch.matmul(dhh.reshape(-1, GATES * hidden).t(),
-                          h_in.reshape(-1, hidden).float()).to(w_hh.dtype)
+    d_w_hh = recurrent_weight_grad(dhh, h_in, w_hh)
 
     def summed(partials, present):
-        return partials.sum(0).to(w_hh.dtype) if present else w_hh.new_empty(0)
+        return partials.sum(0).to(w_hh.dtype) if present else absent_gradient(w_hh)
 
     return (d_gx, d_w_hh, summed(d_bias, b_hh is not None), summed(d_ln_hh, layer_norm),
             summed(d_ln_cell_w, layer_norm), summed(d_ln_cell_b, layer_norm), d_h0, d_c0)

@@ -1,0 +1,66 @@
+"""End to end through the modules: every compiled backend equals backend="reference".
+
+On a CPU machine this runs the Triton kernels under TRITON_INTERPRET=1 (how CI checks them
+through the public API); on a GPU machine it runs Triton and CUDA on the device.
+"""
+import pytest
+import torch
+
+import fastrnn
+from support import assert_close
+
+
+def _compiled_backends():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = []
+    for name in ("triton", "cuda"):
+        backend = fastrnn.backends.get(name)
+        if (backend.unavailable() is None
+                and backend.unsupported(torch.device(device), torch.float32) is None):
+            names.append(name)
+    return device, names
+
+
+DEVICE, BACKENDS = _compiled_backends()
+pytestmark = pytest.mark.skipif(
+    not BACKENDS, reason="no compiled backend here (CPU needs triton and TRITON_INTERPRET=1)")
+
+MODELS = {
+    "ln_lstm": lambda backend: fastrnn.LayerNormLSTM(
+        5, 7, num_layers=2, bidirectional=True, zoneout_cell=0.2, zoneout_hidden=0.1,
+        recurrent_dropout=0.25, candidate_dropout=0.1, dropconnect=0.2, backend=backend),
+    "gru_reg": lambda backend: fastrnn.GRU(
+        5, 7, num_layers=2, bidirectional=True, zoneout=0.1, recurrent_dropout=0.25,
+        backend=backend),
+    "ln_gru_per_gate": lambda backend: fastrnn.LayerNormGRU(
+        5, 7, ln_groups=3, zoneout=0.2, backend=backend),
+}
+
+
+def _step(model, x, lengths, seed):
+    torch.manual_seed(seed)
+    out, state = model(x, lengths=lengths)
+    states = state if isinstance(state, tuple) else (state,)
+    loss = out.square().sum() + sum(s.sum() for s in states)
+    grads = torch.autograd.grad(loss, [x, *model.parameters()])
+    return (out, *states), grads
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_matches_reference(backend, name, training):
+    torch.manual_seed(0)
+    fused = MODELS[name](backend).to(DEVICE).train(training)
+    reference = MODELS[name]("reference").to(DEVICE).train(training)
+    reference.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 3, 5, device=DEVICE, requires_grad=True)
+    lengths = torch.tensor([4, 1, 3])
+    got, got_grads = _step(fused, x, lengths, seed=1)
+    expected, expected_grads = _step(reference, x, lengths, seed=1)
+    for index, (a, b) in enumerate(zip(got, expected)):
+        assert_close(a, b, torch.float32, f"{backend} {name} output {index}")
+    names = ["x"] + [n for n, _ in fused.named_parameters()]
+    for param, a, b in zip(names, got_grads, expected_grads):
+        assert_close(a, b, torch.float32, f"{backend} {name} d{param}")
+
