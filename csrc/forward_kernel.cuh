@@ -14,6 +14,7 @@ template <typename T>
 __device__ void write_forward_stats(const StepContext<T>& s) {
   if (s.team.rank != 0) return;  // every rank holds the same combined statistics
   const int groups = static_cast<int>(s.args.ln_groups);
+  const bool cell_columns = s.stats_width() > 2 * groups;
   const bool cell_norm = s.args.ln_cell_weight != 0;
   for (int b = threadIdx.x; b < s.team.bt; b += blockDim.x) {
     const float* mine = s.arrays.stats + b * kStatsPerRow;
@@ -23,9 +24,9 @@ __device__ void write_forward_stats(const StepContext<T>& s) {
       row[group] = active ? mine[kHhMean + group] : 0.0f;
       row[groups + group] = active ? mine[kHhRstd + group] : 0.0f;
     }
-    if (cell_norm) {
-      row[2 * groups] = active ? mine[kCellMean] : 0.0f;
-      row[2 * groups + 1] = active ? mine[kCellRstd] : 0.0f;
+    if (cell_columns) {  // zeros without the cell norm: the op's output is never left unwritten
+      row[2 * groups] = active && cell_norm ? mine[kCellMean] : 0.0f;
+      row[2 * groups + 1] = active && cell_norm ? mine[kCellRstd] : 0.0f;
     }
   }
 }

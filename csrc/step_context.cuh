@@ -65,9 +65,11 @@ struct StepContext {
   __device__ float* region(int which) const { return scratch + which * region_floats; }
   __device__ int group_of(int gate) const { return args.ln_groups == 1 ? 0 : gate; }
   // Columns of the saved `stats` (docs/ops.md): group means, group rstds, then the cell's pair.
+  // The width is the one the op allocates (fastrnn.ops.lstm_stats_width): the LSTM's cell pair is
+  // always there under layer norm, whether or not the cell norm is on.
   __device__ int stats_width() const {
     if (args.ln_hh_weight == 0) return 0;
-    return 2 * static_cast<int>(args.ln_groups) + (args.ln_cell_weight != 0 ? 2 : 0);
+    return 2 * static_cast<int>(args.ln_groups) + (args.gates == 4 ? 2 : 0);
   }
   // Row b of `stats` at this step: written by the forward, read by the backward.
   __device__ float* saved_stats(int b) const {

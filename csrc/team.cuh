@@ -83,6 +83,9 @@ __device__ inline float* team_slot(float* region, const TeamSlice& team, int b, 
 template <class Team, class Local, class Merge>
 __device__ void team_exchange_pairs(const TeamSlice& team, int groups, float* region, Local local,
                                     Merge merge) {
+  // `local` reads whole rows of shared arrays that the caller has just written with the per-cell
+  // (or per-gate-element) thread mapping: those writes must be complete first.
+  __syncthreads();
   for (int idx = threadIdx.x; idx < team.bt * groups; idx += blockDim.x) {
     const int b = idx / groups, group = idx % groups;
     const float2 mine = local(b, group);

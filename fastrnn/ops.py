@@ -60,16 +60,26 @@ def lstm_forward(gx: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ln_hh_weight:
                  backend: str) -> Tensors6:
     """-> (out [T,B,H], h_n [B,H], c_n [B,H], preact [T,B,4H], cell [T,B,H], stats [T,B,S] f32);
     cell is float32 (float64 for float64 inputs)."""
+    _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     return backends.get(backend).lstm_forward(
         gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
         recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
         training, reverse)
 
 
+def _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias) -> None:
+    """The LSTM's layer norm is on or off as a whole: γ_hh, γ_c and β_c come together."""
+    given = [t is not None for t in (ln_hh_weight, ln_cell_weight, ln_cell_bias)]
+    if any(given) and not all(given):
+        raise ValueError("lstm_forward: ln_hh_weight, ln_cell_weight and ln_cell_bias must be "
+                         f"all given or all None, got {given}")
+
+
 @lstm_forward.register_fake
 def _(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
       recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
       reverse, backend):
+    _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     steps, batch, hidden = gx.shape[0], gx.shape[1], w_hh.shape[1]
     width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
     return (gx.new_empty(steps, batch, hidden), gx.new_empty(batch, hidden),

@@ -63,3 +63,11 @@ def test_saved_tensor_shapes(name):
     assert preact.shape == (T, B, G * H) and middle.shape == (T, B, H)
     expected_width = 2 * case.ln_groups + (2 if case.cell == "lstm" else 0)
     assert stats.shape == (T, B, expected_width) and stats.dtype == torch.float32
+
+
+def test_lstm_layer_norm_parameters_come_together():
+    case = Case(cell="lstm", layer_norm=True)
+    t = _tensors(case, torch.float64)
+    t["ln_cell_bias"] = None
+    with pytest.raises(ValueError, match="ln_cell_bias"):
+        torch.ops.fastrnn.lstm_forward(*forward_args(case, t), "reference")

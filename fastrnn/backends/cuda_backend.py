@@ -63,8 +63,10 @@ def _ext():
     return _extension
 
 
-def _contiguous(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if tensor is None else tensor.contiguous()
+def _kernel_input(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The kernels read every tensor but lengths, seed and the float32 saved ones as the call's
+    element type: a parameter of another dtype would be misread (or read past its end)."""
+    return None if tensor is None else tensor.to(dtype).contiguous()
 
 
 def _address(tensor: Optional[torch.Tensor]) -> int:
@@ -83,7 +85,8 @@ class _Call:
         self.cell, self.backward, self.device = cell, backward, gx_like.device
         self.steps, self.batch, self.hidden = gx_like.shape[0], gx_like.shape[1], w_hh.shape[1]
         self.gates = gates
-        self.empty = self.steps == 0 or self.batch == 0
+        # hidden == 0 too: there is nothing to compute, and the planner divides by the team size.
+        self.empty = self.steps == 0 or self.batch == 0 or self.hidden == 0
         self.options = dict(
             steps=self.steps, batch=self.batch, hidden=self.hidden, gates=gates, ln_groups=ln_groups,
             dtype=_DTYPE_CODES[gx_like.dtype], reverse=int(reverse), training=int(training),
@@ -94,8 +97,10 @@ class _Call:
         self.plan = None
         if not self.empty:
             try:
-                self.plan = _ext().plan(cell, backward, self.hidden, self.batch, self.options["dtype"],
-                                        ln_hh_weight is not None)
+                # The plan reads the current device's properties: make it the tensors' device.
+                with torch.cuda.device(self.device):
+                    self.plan = _ext().plan(cell, backward, self.hidden, self.batch,
+                                            self.options["dtype"], ln_hh_weight is not None)
             except ValueError as error:
                 raise ValueError(f"backend='cuda' cannot run this layer: {error}") from None
 
@@ -112,9 +117,20 @@ class _Call:
                           **{name: _address(t) for name, t in tensors.items()})
 
 
-def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, device):
-    return dict(w_hh=w_hh.contiguous(), b_hh=_contiguous(b_hh), ln_hh_weight=_contiguous(ln_hh_weight),
-                h0=h0.contiguous(), recurrent_mask=_contiguous(recurrent_mask),
+def _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias) -> None:
+    """The kernels run the cell norm with both of its parameters, and save its statistics only
+    under layer norm (stats has no columns without γ_hh, docs/ops.md)."""
+    if (ln_cell_weight is None) != (ln_cell_bias is None):
+        raise ValueError("backend='cuda' needs ln_cell_weight and ln_cell_bias together")
+    if ln_cell_weight is not None and ln_hh_weight is None:
+        raise ValueError("backend='cuda' runs the cell norm only with layer norm (ln_hh_weight)")
+
+
+def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, like):
+    dtype, device = like.dtype, like.device
+    return dict(w_hh=_kernel_input(w_hh, dtype), b_hh=_kernel_input(b_hh, dtype),
+                ln_hh_weight=_kernel_input(ln_hh_weight, dtype), h0=_kernel_input(h0, dtype),
+                recurrent_mask=_kernel_input(recurrent_mask, dtype),
                 lengths=None if lengths is None else lengths.to(device=device, dtype=torch.int64).contiguous(),
                 seed=seed.to(device=device, dtype=torch.int64).contiguous())
 
@@ -122,7 +138,7 @@ def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, 
 def _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse):
     """d ⊙ h_{t-1} for every step t, as the forward's product read it: the state of the previous
     step of the sequence (its out row), or h0 at the sequence's first step."""
-    first = h0.unsqueeze(0)
+    first = h0.to(out.dtype).unsqueeze(0)
     if not reverse:
         previous = torch.cat([first, out[:-1]])
     else:
@@ -131,13 +147,13 @@ def _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse):
             steps = torch.arange(out.shape[0], device=out.device).unsqueeze(1)
             starts = (steps + 1 >= lengths.to(out.device).unsqueeze(0)).unsqueeze(-1)
             previous = torch.where(starts, first, previous)
-    return previous if recurrent_mask is None else previous * recurrent_mask
+    return previous if recurrent_mask is None else previous * recurrent_mask.to(out.dtype)
 
 
 def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
     """d W_hh by one GEMM, and the per-tile partial sums of d b_hh, d γ_hh, d γ_c, d β_c."""
     rows = call.gates * call.hidden
-    d_w_hh = d_hh.reshape(-1, rows).t().matmul(inputs.reshape(-1, call.hidden))
+    d_w_hh = d_hh.reshape(-1, rows).t().matmul(inputs.reshape(-1, call.hidden)).to(w_hh.dtype)
     sums = partials.sum(0)
     slices = {"b_hh": sums[:rows], "ln_hh_weight": sums[rows:2 * rows],
               "ln_cell_weight": sums[2 * rows:2 * rows + call.hidden],
@@ -152,6 +168,7 @@ def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
 def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
                  recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
                  training, reverse):
+    _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     call = _Call("lstm", False, gx, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
                  candidate_dropout, training, reverse)
     steps, batch, hidden = call.steps, call.batch, call.hidden
@@ -159,11 +176,11 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     cell, stats = call.workspace(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:
-        return out, h0.clone(), c0.clone(), preact, cell, stats
+        return out, h0.to(gx.dtype, copy=True), c0.to(gx.dtype, copy=True), preact, cell, stats
     h_n, c_n = gx.new_empty(batch, hidden), gx.new_empty(batch, hidden)
-    call.launch(gx=gx.contiguous(), ln_cell_weight=_contiguous(ln_cell_weight),
-                ln_cell_bias=_contiguous(ln_cell_bias), c0=c0.contiguous(),
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx.device),
+    call.launch(gx=gx.contiguous(), ln_cell_weight=_kernel_input(ln_cell_weight, gx.dtype),
+                ln_cell_bias=_kernel_input(ln_cell_bias, gx.dtype), c0=_kernel_input(c0, gx.dtype),
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx),
                 out=out, h_n=h_n, c_n=c_n, preact=preact, cell=cell, stats=stats,
                 state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
     return out, h_n, c_n, preact, cell, stats
@@ -173,6 +190,7 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
                   ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
                   seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
                   reverse):
+    _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     call = _Call("lstm", True, preact, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
                  candidate_dropout, training, reverse)
     dtype = preact.dtype
@@ -186,19 +204,19 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
     layer_norm = ln_hh_weight is not None
     d_gx = torch.empty_like(preact)
     d_hh = torch.empty_like(preact) if layer_norm else d_gx  # without layer norm d_hh is d_gx
-    d_h0, d_c0 = torch.empty_like(h0), torch.empty_like(c0)
+    d_h0, d_c0 = preact.new_empty(h0.shape), preact.new_empty(c0.shape)  # written as the element type
     partials = call.workspace(call.plan["tiles"], 2 * 4 * call.hidden + 2 * call.hidden)
+    common = _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact)
     call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
                 grad_c_n=grad_c_n.to(dtype).contiguous(), out=out.contiguous(), preact=preact.contiguous(),
                 cell=cell.contiguous(), stats=stats.contiguous(),
-                hh=inputs.matmul(w_hh.t()).contiguous() if layer_norm else None,
-                ln_cell_weight=_contiguous(ln_cell_weight), ln_cell_bias=_contiguous(ln_cell_bias),
-                c0=c0.contiguous(),
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact.device),
+                hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
+                ln_cell_weight=_kernel_input(ln_cell_weight, dtype),
+                ln_cell_bias=_kernel_input(ln_cell_bias, dtype), c0=_kernel_input(c0, dtype), **common,
                 d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, d_c0=d_c0, param_partials=partials, scratch=call.scratch())
     d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
     return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], grads["ln_cell_weight"],
-            grads["ln_cell_bias"], d_h0, d_c0)
+            grads["ln_cell_bias"], d_h0.to(h0.dtype), d_c0.to(c0.dtype))
 
 
 # ----------------------------------------------------------------------------------------- GRU
@@ -212,10 +230,10 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     hidden_n, stats = gx.new_empty(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:
-        return out, h0.clone(), preact, hidden_n, stats
+        return out, h0.to(gx.dtype, copy=True), preact, hidden_n, stats
     h_n = gx.new_empty(batch, hidden)
     call.launch(gx=gx.contiguous(),
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx.device),
+                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx),
                 out=out, h_n=h_n, preact=preact, hidden_n=hidden_n, stats=stats,
                 state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
     return out, h_n, preact, hidden_n, stats
@@ -234,12 +252,14 @@ def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, l
                 grad_h_n.to(dtype).clone())
     inputs = _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
     layer_norm = ln_hh_weight is not None
-    d_gx, d_hh, d_h0 = torch.empty_like(preact), torch.empty_like(preact), torch.empty_like(h0)
+    d_gx, d_hh = torch.empty_like(preact), torch.empty_like(preact)
+    d_h0 = preact.new_empty(h0.shape)  # written as the element type
     partials = call.workspace(call.plan["tiles"], 2 * 3 * call.hidden + 2 * call.hidden)
+    common = _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact)
     call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
                 out=out.contiguous(), preact=preact.contiguous(), hidden_n=hidden_n.contiguous(),
-                stats=stats.contiguous(), hh=inputs.matmul(w_hh.t()).contiguous() if layer_norm else None,
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact.device),
+                stats=stats.contiguous(),
+                hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None, **common,
                 d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials, scratch=call.scratch())
     d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
-    return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0
+    return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype)
