@@ -15,9 +15,12 @@ import triton.language as tl
 
 from fastrnn.reference import previous_states
 
-PHILOX_ROUNDS: tl.constexpr = 10
-THRESHOLD_SHIFT: tl.constexpr = 8  # 32 random bits -> the 24 that fastrnn.masks.threshold uses
-EPS: tl.constexpr = 1e-5           # layer-norm epsilon, as fastrnn.reference.EPS
+# Globals that jit functions read must be tl.constexpr instances: the compiler rejects any
+# other global (a `NAME: tl.constexpr = v` annotation is not enough; only the interpreter
+# accepts it).
+PHILOX_ROUNDS = tl.constexpr(10)
+THRESHOLD_SHIFT = tl.constexpr(8)  # 32 random bits -> the 24 that fastrnn.masks.threshold uses
+EPS = tl.constexpr(1e-5)           # layer-norm epsilon, as fastrnn.reference.EPS
 
 
 @triton.jit
@@ -235,9 +238,10 @@ class Tiling:
 
     ``persistent``: one launch with the time loop inside, column splits meeting at grid
     barriers (needs every program resident, i.e. a GPU and a grid no larger than the SM count,
-    or a single split); otherwise one launch per phase per step.  ``hoist_weights`` keeps the
-    program's W_hh slice in registers across steps (the whole reduction in one block) instead
-    of re-reading it in ``block_k`` chunks every step.
+    launched cooperatively (``cooperative_launch``), or a single split); otherwise one launch
+    per phase per step.  ``hoist_weights`` keeps the program's W_hh slice in registers across
+    steps (the whole reduction in one block) instead of re-reading it in ``block_k`` chunks
+    every step.
     """
     block_b: int
     block_h: int
@@ -385,7 +389,11 @@ def barrier_counters(tiling: Tiling, batch: int, device: torch.device) -> torch.
 def launch_options(tiling: Tiling, hidden: int, dtype: torch.dtype, device: torch.device,
                    ln_groups: int, layer_norm: bool, recurrent_mask: Optional[torch.Tensor],
                    candidate_dropout: float, training: bool, reverse: bool) -> dict:
-    """Constexpr options (and num_warps) that every LSTM and GRU kernel of a call takes."""
+    """Constexpr options (and num_warps, num_stages) that every LSTM and GRU kernel of a call
+    takes.  num_stages=1: on sm_90 the dot operands (the hoisted W_hh tiles, the [rows, H]
+    recurrent input) are staged in shared memory, and the default software pipelining keeps
+    2-3 copies of each: at B=64, H=256 bf16 the backward asked for 548 KiB (2 stages: 292 KiB)
+    of the 227 KiB an SM has, so the launch fails; unpipelined it needs 96 KiB."""
     splits = tiling.splits(hidden)
     dot_dtype, precision = dot_settings(dtype, device)
     return dict(
@@ -394,7 +402,18 @@ def launch_options(tiling: Tiling, hidden: int, dtype: torch.dtype, device: torc
         REVERSE=bool(reverse), HOIST=tiling.hoist_weights, SPLITS=splits,
         SPLITS_P2=triton.next_power_of_2(splits), BLOCK_B=tiling.block_b,
         BLOCK_H=tiling.block_h, BLOCK_K=tiling.block_k, DOT_DTYPE=dot_dtype,
-        PRECISION=precision, num_warps=tiling.num_warps)
+        PRECISION=precision, num_warps=tiling.num_warps, num_stages=1)
+
+
+def cooperative_launch(splits: int) -> dict:
+    """Launch option of a persistent kernel.  With several column splits its programs spin at
+    grid barriers, so all of them must be resident at once.  A grid within the SM count does
+    not guarantee that: SMs may be held by kernels of other streams (NCCL, the other direction's
+    persistent kernel), and two barrier kernels sharing the GPU can each wait for programs the
+    other keeps from being scheduled.  A cooperative launch makes CUDA guarantee co-residency,
+    or fail the launch (too large a grid for the kernel's registers / shared memory) instead of
+    hanging.  The interpreter ignores the option."""
+    return dict(launch_cooperative_grid=splits > 1)
 
 
 def recurrent_inputs(out: torch.Tensor, h0: torch.Tensor, lengths: Optional[torch.Tensor],
@@ -528,11 +547,14 @@ def hoisted_weight_tile(w_ptr, gate, units, unit_ok, H, HOIST: tl.constexpr,
                         TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr,
                         DOT_DTYPE: tl.constexpr):
     """Gate ``gate``'s W_hh tile over the whole reduction, kept across steps (HOIST), else a
-    placeholder that ``add_gate_product`` ignores."""
+    placeholder that ``add_gate_product`` ignores.  if/else, not an early return: the compiler
+    visits the statements after a constexpr branch's return too and rejects the two types."""
     if HOIST:
         ks = tl.arange(0, BLOCK_K)
-        return weight_tile(w_ptr, gate, ks, ks < H, units, unit_ok, H, TRANSPOSED, DOT_DTYPE)
-    return 0
+        tile = weight_tile(w_ptr, gate, ks, ks < H, units, unit_ok, H, TRANSPOSED, DOT_DTYPE)
+    else:
+        tile = 0
+    return tile
 
 
 @triton.jit

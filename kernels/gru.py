@@ -39,28 +39,28 @@ import triton.language as tl
 from fastrnn import masks as M
 from fastrnn.kernels.common import (
     absent_gradient, add_backward_gate_product, add_gate_product, barrier_counters,
-    dropout_scale, exchange_buffer, gate_tile, group_statistics, hoisted_weight_tile,
-    launch_options, lengths_or_full, load_previous, load_rows, new_output, norm_input_grad,
-    present_or, program_tile, recurrent_input, recurrent_inputs, recurrent_weight_grad,
-    row_geometry, sigmoid, step_mask_index, step_order, store_gate_moments, store_gate_tile,
-    store_norm_sums, store_rows, sync_tile, tanh, tile_steps, tiling_for, time_of_step,
-    zoneout_weight)
+    cooperative_launch, dropout_scale, exchange_buffer, gate_tile, group_statistics,
+    hoisted_weight_tile, launch_options, lengths_or_full, load_previous, load_rows, new_output,
+    norm_input_grad, present_or, program_tile, recurrent_input, recurrent_inputs,
+    recurrent_weight_grad, row_geometry, sigmoid, step_mask_index, step_order,
+    store_gate_moments, store_gate_tile, store_norm_sums, store_rows, sync_tile, tanh,
+    tile_steps, tiling_for, time_of_step, zoneout_weight)
 from fastrnn.ops import gru_stats_width
 
 GATES = 3
-G: tl.constexpr = 3
+G = tl.constexpr(3)
 # Per split and row, two values per gate: forward (sum, centred squares) of W_hh h, backward
 # (Σ dx̂, Σ dx̂ ⊙ x̂) of the layer norm's input gradient.
-SLOTS: tl.constexpr = 6
-ZONEOUT_KIND: tl.constexpr = M.ZONEOUT_HIDDEN
-CANDIDATE_KIND: tl.constexpr = M.CANDIDATE_DROPOUT
+SLOTS = tl.constexpr(6)
+ZONEOUT_KIND = tl.constexpr(M.ZONEOUT_HIDDEN)
+CANDIDATE_KIND = tl.constexpr(M.CANDIDATE_DROPOUT)
 
 # Phases of the per-step drivers (the persistent kernels run them all, with barriers between).
-PHASE_MOMENTS = 0   # forward with layer norm: publish the moments of W_hh h
-PHASE_OUTPUT = 1    # forward: gates and outputs (the only phase without layer norm)
-PHASE_GATES = 0     # backward: d_gx, and the layer-norm sums (or d_hh without layer norm)
-PHASE_NORM = 1      # backward with layer norm: d_hh through the norm
-PHASE_PRODUCT = 2   # backward: dh_{t-1}
+PHASE_MOMENTS = tl.constexpr(0)   # forward with layer norm: publish the moments of W_hh h
+PHASE_OUTPUT = tl.constexpr(1)    # forward: gates and outputs (the only phase without layer norm)
+PHASE_GATES = tl.constexpr(0)     # backward: d_gx, and the layer-norm sums (or d_hh without LN)
+PHASE_NORM = tl.constexpr(1)      # backward with layer norm: d_hh through the norm
+PHASE_PRODUCT = tl.constexpr(2)   # backward: dh_{t-1}
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -529,7 +529,7 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
             *workspaces, batch, hidden, *scalars)
     options["HAS_BIAS"] = b_hh is not None
     if persistent:
-        _gru_forward_persistent[grid](*args, **options)
+        _gru_forward_persistent[grid](*args, **options, **cooperative_launch(grid[1]))
     else:
         phases = (PHASE_MOMENTS, PHASE_OUTPUT) if layer_norm else (PHASE_OUTPUT,)
         for t in step_order(steps, reverse):
@@ -583,7 +583,7 @@ def _run_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, hh, w_hh, ln
     grad_out = grad_out.contiguous()
     if persistent:
         _gru_backward_persistent[grid](grad_out, grad_h_n.contiguous(), *inputs, d_h0, *tail,
-                                       **options)
+                                       **options, **cooperative_launch(grid[1]))
         return
     carry = grad_h_n.float().contiguous()
     phases = ((PHASE_GATES, PHASE_NORM, PHASE_PRODUCT) if layer_norm

@@ -42,28 +42,29 @@ import triton.language as tl
 from fastrnn import masks as M
 from fastrnn.kernels.common import (
     EPS, absent_gradient, accumulate_columns, add_backward_gate_product, add_gate_product,
-    barrier_counters, dropout_scale, exchange_buffer, gate_moments, gate_tile, group_statistics,
-    hoisted_weight_tile, launch_options, lengths_or_full, load_previous, load_rows, new_output,
-    norm_input_grad, present_or, program_tile, recurrent_input, recurrent_inputs,
-    recurrent_weight_grad, row_geometry, sigmoid, step_mask_index, step_order,
-    store_gate_moments, store_gate_tile, store_norm_sums, store_rows, summed_partial, sync_tile,
-    tanh, tile_steps, tiling_for, time_of_step, zoneout_weight)
+    barrier_counters, cooperative_launch, dropout_scale, exchange_buffer, gate_moments,
+    gate_tile, group_statistics, hoisted_weight_tile, launch_options, lengths_or_full,
+    load_previous, load_rows, new_output, norm_input_grad, present_or, program_tile,
+    recurrent_input, recurrent_inputs, recurrent_weight_grad, row_geometry, sigmoid,
+    step_mask_index, step_order, store_gate_moments, store_gate_tile, store_norm_sums,
+    store_rows, summed_partial, sync_tile, tanh, tile_steps, tiling_for, time_of_step,
+    zoneout_weight)
 
 GATES = 4
-G: tl.constexpr = 4
-HH_SLOTS: tl.constexpr = 8    # per split and row: (sum, centred squares) of each gate's W_hh h
-CELL_SLOTS: tl.constexpr = 2  # per split and row: (sum, centred squares) of c~, or the two
+G = tl.constexpr(4)
+HH_SLOTS = tl.constexpr(8)    # per split and row: (sum, centred squares) of each gate's W_hh h
+CELL_SLOTS = tl.constexpr(2)  # per split and row: (sum, centred squares) of c~, or the two
                               # backward sums of the cell norm
 
 # Forward phases of the per-step driver (with layer norm; without it one phase does it all).
-PHASE_HH_MOMENTS: tl.constexpr = 0
-PHASE_CELL_MOMENTS: tl.constexpr = 1
-PHASE_OUTPUT: tl.constexpr = 2
+PHASE_HH_MOMENTS = tl.constexpr(0)
+PHASE_CELL_MOMENTS = tl.constexpr(1)
+PHASE_OUTPUT = tl.constexpr(2)
 # Backward phases (without layer norm only the last two).
-PHASE_CELL_SUMS: tl.constexpr = 0
-PHASE_GATE_GRADS: tl.constexpr = 1
-PHASE_HH_GRADS: tl.constexpr = 2
-PHASE_HIDDEN_GRAD: tl.constexpr = 3
+PHASE_CELL_SUMS = tl.constexpr(0)
+PHASE_GATE_GRADS = tl.constexpr(1)
+PHASE_HH_GRADS = tl.constexpr(2)
+PHASE_HIDDEN_GRAD = tl.constexpr(3)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -639,7 +640,7 @@ def _lstm_backward_persistent(
                              4 * H, BLOCK_B, BLOCK_H)
 
 
-@triton.jit(do_not_specialize=["t"])
+@triton.jit(do_not_specialize=["t", "carry_in"])  # 0 / 1 alternate: one compile
 def _lstm_backward_phase(
         grad_out_ptr, grad_h_n_ptr, grad_c_n_ptr, preact_ptr, cell_ptr, stats_ptr, hh_ptr, w_ptr,
         ln_hh_ptr, ln_cell_w_ptr, ln_cell_b_ptr, c0_ptr, lengths_ptr, rmask_ptr, seed_ptr,
@@ -736,7 +737,7 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
                    zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse, tiling))
     grid = (tiling.batch_tiles(batch), tiling.splits(hidden))
     if tiling.persistent:
-        _lstm_forward_persistent[grid](**args)
+        _lstm_forward_persistent[grid](**args, **cooperative_launch(grid[1]))
     else:
         phases = ((PHASE_HH_MOMENTS, PHASE_CELL_MOMENTS, PHASE_OUTPUT) if layer_norm
                   else (PHASE_OUTPUT,))
@@ -788,7 +789,7 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
                        reverse, tiling))
         grid = (batch_tiles, tiling.splits(hidden))
         if tiling.persistent:
-            _lstm_backward_persistent[grid](**args)
+            _lstm_backward_persistent[grid](**args, **cooperative_launch(grid[1]))
         else:
             phases = ((PHASE_CELL_SUMS, PHASE_GATE_GRADS, PHASE_HH_GRADS, PHASE_HIDDEN_GRAD)
                       if layer_norm else (PHASE_GATE_GRADS, PHASE_HIDDEN_GRAD))
