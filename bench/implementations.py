@@ -101,7 +101,7 @@ class FastrnnBackend(Implementation):
         return backends.available()[self.backend]
 
     def unsupported(self, workload, device):
-        return backends.unsupported_reason(self.backend, device, workload.torch_dtype)
+        return backends.get(self.backend).unsupported(device, workload.torch_dtype)
 
     def prepare(self, workload, params, device):
         return module_prepared(fastrnn_module(workload, params, device, self.backend,

@@ -6,8 +6,8 @@ it and through backend="reference", then comparing every output and every gradie
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -52,7 +52,6 @@ class Case:
     training: bool = True
     reverse: bool = False
     lengths: Optional[list] = None
-    extra: Dict = field(default_factory=dict)
 
     @property
     def gates(self):
