@@ -2,8 +2,10 @@
 batch; their averaged gradients equal the gradients of one process over the whole batch."""
 from __future__ import annotations
 
-import socket
+import datetime
+import time
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -41,15 +43,16 @@ def loss_of(model, x, targets, lengths):
     return (model(x, lengths) - targets).square().mean()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# A hung collective must fail the test, not the whole CI run.
+COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=120)
+TEST_TIMEOUT_S = 300
 
 
-def worker(rank, port, result_path):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD_SIZE)
+def worker(rank, store_path, result_path):
+    torch.set_num_threads(1)  # two processes on a 2-core machine
+    # A file store, not a TCP port: no race for a free port between the test and the workers.
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
+                            world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT)
     try:
         model, x, targets, lengths = make_model_and_batch()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -63,7 +66,14 @@ def worker(rank, port, result_path):
 
 def test_ddp_gradients_equal_single_process(tmp_path):
     result_path = str(tmp_path / "grads")
-    mp.spawn(worker, args=(free_port(), result_path), nprocs=WORLD_SIZE, join=True)
+    workers = mp.spawn(worker, args=(str(tmp_path / "store"), result_path), nprocs=WORLD_SIZE,
+                       join=False)
+    deadline = time.monotonic() + TEST_TIMEOUT_S
+    while not workers.join(timeout=5):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"the DDP workers did not finish within {TEST_TIMEOUT_S} s")
     model, x, targets, lengths = make_model_and_batch()
     # equal shards: the mean over the batch is the mean of the shard means, which DDP's
     # gradient averaging differentiates
