@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import masks as M
-
-LN_EPS = 1e-5
+from . import reference as R
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight: Optional[Tensor],
@@ -26,7 +25,7 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
     gx = torch.matmul(x, w_ih.t())
     if ln_ih_weight is None:
         return gx if b_ih is None else gx + b_ih
-    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih, eps=LN_EPS)
+    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih, eps=R.EPS)
     return flat.reshape(gx.shape)
 
 

@@ -74,28 +74,27 @@ def philox_bits(seed: torch.Tensor, kind: int, index: torch.Tensor) -> torch.Ten
     return c0
 
 
-def bernoulli(seed: torch.Tensor, kind: int, p: float, shape, first_index: int = 0,
-              device=None) -> torch.Tensor:
-    """Boolean tensor of ``shape``, True with probability p, for consecutive element indices
-    starting at ``first_index`` (row-major over ``shape``)."""
-    device = seed.device if device is None else device
+def bernoulli(seed: torch.Tensor, kind: int, p: float, shape,
+              first_index: int = 0) -> torch.Tensor:
+    """Boolean tensor of ``shape`` on the seed's device, True with probability p, for
+    consecutive element indices starting at ``first_index`` (row-major over ``shape``)."""
     count = 1
     for size in shape:
         count *= size
-    index = torch.arange(first_index, first_index + count, device=device, dtype=torch.int64)
+    index = torch.arange(first_index, first_index + count, device=seed.device, dtype=torch.int64)
     hits = (philox_bits(seed, kind, index) >> (32 - THRESHOLD_BITS)) < threshold(p)
     return hits.reshape(shape)
 
 
-def step_hits(seed: torch.Tensor, kind: int, p: float, t: int, batch: int, hidden: int,
-              device=None) -> torch.Tensor:
+def step_hits(seed: torch.Tensor, kind: int, p: float, t: int, batch: int,
+              hidden: int) -> torch.Tensor:
     """[B, H] boolean mask of a per-step mask kind at time step t (zoneout, candidate dropout)."""
-    return bernoulli(seed, kind, p, (batch, hidden), first_index=t * batch * hidden, device=device)
+    return bernoulli(seed, kind, p, (batch, hidden), first_index=t * batch * hidden)
 
 
-def keep_scale(seed: torch.Tensor, kind: int, p: float, shape, dtype, device=None) -> torch.Tensor:
+def keep_scale(seed: torch.Tensor, kind: int, p: float, shape, dtype) -> torch.Tensor:
     """Inverted-dropout mask: 0 where dropped, 1/(1-p) where kept."""
-    dropped = bernoulli(seed, kind, p, shape, device=device)
+    dropped = bernoulli(seed, kind, p, shape)
     return (~dropped).to(dtype) / (1.0 - p)
 
 

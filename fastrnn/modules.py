@@ -205,9 +205,14 @@ class _RecurrentBase(nn.Module):
         layout = _Layout(input, self.batch_first)
         x = layout.time_major
         steps, batch = x.shape[0], x.shape[1]
+        if steps == 0:
+            raise ValueError(f"input must have at least one time step, got (T, B, I) = "
+                             f"{tuple(x.shape)}")
         reference = self.weight_ih_l0
         device_type = x.device.type
-        autocasting = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+        # Like torch's autocast, float64 inputs are left alone.
+        autocasting = (device_type in ("cpu", "cuda") and x.dtype != torch.float64
+                       and torch.is_autocast_enabled(device_type))
         V.same_device_and_dtype("input", x, reference.device,
                                 None if autocasting else reference.dtype)
         dtype = torch.get_autocast_dtype(device_type) if autocasting else x.dtype

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import backends
+from .reference import accumulate_dtype
 
 Tensors6 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 Tensors8 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
@@ -38,11 +39,6 @@ Tensors5 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 def lstm_stats_width(layer_norm: bool, ln_groups: int) -> int:
     """Columns of ``stats``: mean and rstd per group of W_hh h, then of the cell."""
     return 2 * ln_groups + 2 if layer_norm else 0
-
-
-def cell_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The carried cell state's dtype: float32, or float64 for float64 inputs."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def gru_stats_width(layer_norm: bool, ln_groups: int) -> int:
@@ -84,7 +80,7 @@ def _(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, length
     width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
     return (gx.new_empty(steps, batch, hidden), gx.new_empty(batch, hidden),
             gx.new_empty(batch, hidden), gx.new_empty(gx.shape),
-            gx.new_empty(steps, batch, hidden, dtype=cell_dtype(gx.dtype)),
+            gx.new_empty(steps, batch, hidden, dtype=accumulate_dtype(gx.dtype)),
             gx.new_empty(steps, batch, width, dtype=torch.float32))
 
 

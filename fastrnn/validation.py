@@ -78,11 +78,13 @@ def lengths(value, batch: int, steps: int, device: torch.device) -> Tensor:
         if value.dim() != 1 or value.shape[0] != batch:
             raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
                              f"got {tuple(value.shape)}")
-        # Reading the values syncs a CUDA stream; under torch.compile the check is left out so
-        # the graph does not break (the op's contract still requires 1 <= L_b <= T).
-        if batch and not torch.compiler.is_compiling():
-            low, high = int(value.min()), int(value.max())
-            _lengths_in_range(low, high, steps)
+        # Reading device values waits for the stream, which a CUDA graph capture forbids, and
+        # under torch.compile it would break the graph: there the check is left out (the op's
+        # contract still requires 1 <= L_b <= T).  Elsewhere it is one aminmax and one read.
+        capturing = value.is_cuda and torch.cuda.is_current_stream_capturing()
+        if batch and not capturing and not torch.compiler.is_compiling():
+            low, high = torch.aminmax(value)
+            _lengths_in_range(int(low), int(high), steps)
         return value.to(device=device, dtype=torch.int64)
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"lengths must be a 1-D integer tensor or a list of ints, "

@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from fastrnn import masks as M
+from fastrnn.ops import lstm_stats_width
 from fastrnn.kernels.common import (
     EPS, absent_gradient, accumulate_columns, add_backward_gate_product, add_gate_product,
     barrier_counters, cooperative_launch, dropout_scale, exchange_buffer, gate_moments,
@@ -701,7 +702,7 @@ def _options(w_hh, b_hh, ln_hh_weight, recurrent_mask, lengths, steps, batch, ln
         zc_threshold=M.threshold(zoneout_cell), zc_p=float(zoneout_cell),
         zh_threshold=M.threshold(zoneout_hidden), zh_p=float(zoneout_hidden),
         cand_threshold=M.threshold(candidate_dropout), candidate_p=float(candidate_dropout),
-        S=2 * ln_groups + 2 if layer_norm else 0, HAS_BIAS=b_hh is not None,
+        S=lstm_stats_width(layer_norm, ln_groups), HAS_BIAS=b_hh is not None,
         ZONE_C=zoneout_cell > 0, ZONE_H=zoneout_hidden > 0,
         **launch_options(tiling, hidden, w_hh.dtype, device, ln_groups, layer_norm,
                          recurrent_mask, candidate_dropout, training, reverse))
@@ -718,7 +719,7 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
     hidden = w_hh.shape[1]
     dtype, device = gx.dtype, gx.device
     layer_norm = ln_hh_weight is not None
-    width = 2 * ln_groups + 2 if layer_norm else 0
+    width = lstm_stats_width(layer_norm, ln_groups)
     out = new_output(steps, batch, hidden, dtype=dtype, device=device)
     h_n = new_output(batch, hidden, dtype=dtype, device=device)
     c_n = new_output(batch, hidden, dtype=dtype, device=device)

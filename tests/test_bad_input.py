@@ -180,7 +180,7 @@ def test_unknown_backend():
 
 def test_dtype_unsupported_by_backend():
     module = fastrnn.GRU(3, 4, backend="triton", dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"backend='triton' does not support torch.float64"):
+    with pytest.raises(TypeError, match=r"backend='triton' cannot run torch.float64"):
         module(x(dtype=torch.float64))
 
 
@@ -193,3 +193,9 @@ def test_the_guard_catches_a_kernel_call():
     """The autouse guard is live: a valid call does reach the (patched) kernel."""
     with pytest.raises(AssertionError, match="a kernel ran"):
         lstm()(x())
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU])
+def test_zero_time_steps(cls):
+    with pytest.raises(ValueError, match="input must have at least one time step"):
+        cls(3, 4)(torch.randn(0, 2, 3))

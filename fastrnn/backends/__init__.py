@@ -32,7 +32,7 @@ def check(name: str, device: torch.device, dtype: torch.dtype) -> None:
         raise ValueError(f"backend={name!r} is not available: {reason}")
     reason = backend.unsupported(device, dtype)
     if reason is not None:
-        raise TypeError(f"backend={name!r} does not support {dtype} on {device.type}: {reason}")
+        raise TypeError(f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}")
 
 
 def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from .. import masks as M
+from ..ops import gru_stats_width, lstm_stats_width
 from . import cuda_build
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -117,15 +118,6 @@ class _Call:
                           **{name: _address(t) for name, t in tensors.items()})
 
 
-def _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias) -> None:
-    """The kernels run the cell norm with both of its parameters, and save its statistics only
-    under layer norm (stats has no columns without γ_hh, docs/ops.md)."""
-    if (ln_cell_weight is None) != (ln_cell_bias is None):
-        raise ValueError("backend='cuda' needs ln_cell_weight and ln_cell_bias together")
-    if ln_cell_weight is not None and ln_hh_weight is None:
-        raise ValueError("backend='cuda' runs the cell norm only with layer norm (ln_hh_weight)")
-
-
 def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, like):
     dtype, device = like.dtype, like.device
     return dict(w_hh=_kernel_input(w_hh, dtype), b_hh=_kernel_input(b_hh, dtype),
@@ -168,11 +160,10 @@ def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
 def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
                  recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
                  training, reverse):
-    _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     call = _Call("lstm", False, gx, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
                  candidate_dropout, training, reverse)
     steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = 2 * ln_groups + 2 if ln_hh_weight is not None else 0
+    width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     cell, stats = call.workspace(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:
@@ -190,7 +181,6 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
                   ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
                   seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
                   reverse):
-    _check_cell_norm(ln_hh_weight, ln_cell_weight, ln_cell_bias)
     call = _Call("lstm", True, preact, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
                  candidate_dropout, training, reverse)
     dtype = preact.dtype
@@ -226,7 +216,7 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
     call = _Call("gru", False, gx, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
                  training, reverse)
     steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = 2 * ln_groups if ln_hh_weight is not None else 0
+    width = gru_stats_width(ln_hh_weight is not None, ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     hidden_n, stats = gx.new_empty(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:

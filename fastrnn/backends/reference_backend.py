@@ -1,4 +1,4 @@
-"""The reference backend: the per-step reference cells, on any device and dtype.
+"""The reference backend: the per-step reference cells, on any device, in every float dtype.
 
 Its backward is the per-step chain rule of ``fastrnn.reference`` from the saved tensors, with
 masks regenerated from the seed — what the fused backward kernels compute, written plainly.
