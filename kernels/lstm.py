@@ -40,16 +40,15 @@ import triton
 import triton.language as tl
 
 from fastrnn import masks as M
-from fastrnn.ops import lstm_stats_width
+from fastrnn.backends.fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
 from fastrnn.kernels.common import (
-    EPS, absent_gradient, accumulate_columns, add_backward_gate_product, add_gate_product,
-    barrier_counters, cooperative_launch, dropout_scale, exchange_buffer, gate_moments,
-    gate_tile, group_statistics, hoisted_weight_tile, launch_options, lengths_or_full,
-    load_previous, load_rows, new_output, norm_input_grad, present_or, program_tile,
-    recurrent_input, recurrent_inputs, recurrent_weight_grad, row_geometry, sigmoid,
-    step_mask_index, step_order, store_gate_moments, store_gate_tile, store_norm_sums,
-    store_rows, summed_partial, sync_tile, tanh, tile_steps, tiling_for, time_of_step,
-    zoneout_weight)
+    EPS, accumulate_columns, add_backward_gate_product, add_gate_product, barrier_counters,
+    cooperative_launch, dropout_scale, exchange_buffer, gate_moments, gate_tile, group_statistics,
+    hoisted_weight_tile, launch_options, lengths_or_full, load_previous, load_rows, new_output,
+    norm_input_grad, present_or, program_tile, recurrent_input, row_geometry, sigmoid,
+    step_mask_index, step_order, store_gate_moments, store_gate_tile, store_norm_sums, store_rows,
+    summed_partial, sync_tile, tanh, tile_steps, tiling_for, time_of_step, zoneout_weight)
+from fastrnn.ops import lstm_stats_width
 
 GATES = 4
 G = tl.constexpr(4)

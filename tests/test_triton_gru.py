@@ -15,7 +15,6 @@ import support  # noqa: E402
 from support import INTERPRET, Case, check_against_reference, make_inputs  # noqa: E402
 
 from fastrnn import masks as M  # noqa: E402
-from fastrnn.kernels import gru  # noqa: E402
 from fastrnn.kernels.common import forced_tiling, poisoned_outputs  # noqa: E402
 
 cpu = pytest.mark.skipif(not INTERPRET, reason="CPU Triton runs only under TRITON_INTERPRET=1")

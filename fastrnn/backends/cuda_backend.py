@@ -20,6 +20,7 @@ import torch
 from .. import masks as M
 from ..ops import gru_stats_width, lstm_stats_width
 from . import cuda_build
+from .fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
@@ -127,30 +128,15 @@ def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, 
                 seed=seed.to(device=device, dtype=torch.int64).contiguous())
 
 
-def _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse):
-    """d ⊙ h_{t-1} for every step t, as the forward's product read it: the state of the previous
-    step of the sequence (its out row), or h0 at the sequence's first step."""
-    first = h0.to(out.dtype).unsqueeze(0)
-    if not reverse:
-        previous = torch.cat([first, out[:-1]])
-    else:
-        previous = torch.cat([out[1:], first])
-        if lengths is not None:
-            steps = torch.arange(out.shape[0], device=out.device).unsqueeze(1)
-            starts = (steps + 1 >= lengths.to(out.device).unsqueeze(0)).unsqueeze(-1)
-            previous = torch.where(starts, first, previous)
-    return previous if recurrent_mask is None else previous * recurrent_mask.to(out.dtype)
-
-
 def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
     """d W_hh by one GEMM, and the per-tile partial sums of d b_hh, d γ_hh, d γ_c, d β_c."""
     rows = call.gates * call.hidden
-    d_w_hh = d_hh.reshape(-1, rows).t().matmul(inputs.reshape(-1, call.hidden)).to(w_hh.dtype)
+    d_w_hh = recurrent_weight_grad(d_hh, inputs, w_hh)
     sums = partials.sum(0)
     slices = {"b_hh": sums[:rows], "ln_hh_weight": sums[rows:2 * rows],
               "ln_cell_weight": sums[2 * rows:2 * rows + call.hidden],
               "ln_cell_bias": sums[2 * rows + call.hidden:]}
-    grads = {name: (slices[name].to(w_hh.dtype) if tensor is not None else w_hh.new_empty(0))
+    grads = {name: (slices[name].to(w_hh.dtype) if tensor is not None else absent_gradient(w_hh))
              for name, tensor in present.items()}
     return d_w_hh, grads
 
@@ -188,9 +174,9 @@ def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, 
                "ln_cell_bias": ln_cell_bias}
     if call.empty:
         return (torch.zeros_like(preact), torch.zeros_like(w_hh),
-                *(w_hh.new_zeros(t.shape) if t is not None else w_hh.new_empty(0) for t in present.values()),
+                *(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh) for t in present.values()),
                 grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone())
-    inputs = _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
+    inputs = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
     layer_norm = ln_hh_weight is not None
     d_gx = torch.empty_like(preact)
     d_hh = torch.empty_like(preact) if layer_norm else d_gx  # without layer norm d_hh is d_gx
@@ -238,9 +224,9 @@ def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, l
     present = {"b_hh": b_hh, "ln_hh_weight": ln_hh_weight}
     if call.empty:
         return (torch.zeros_like(preact), torch.zeros_like(w_hh),
-                *(w_hh.new_zeros(t.shape) if t is not None else w_hh.new_empty(0) for t in present.values()),
+                *(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh) for t in present.values()),
                 grad_h_n.to(dtype).clone())
-    inputs = _recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
+    inputs = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
     layer_norm = ln_hh_weight is not None
     d_gx, d_hh = torch.empty_like(preact), torch.empty_like(preact)
     d_h0 = preact.new_empty(h0.shape)  # written as the element type
