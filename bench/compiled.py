@@ -24,6 +24,7 @@ import torch
 
 from fastrnn import masks as M
 from fastrnn import reference as R
+from fastrnn.cells import CELLS
 
 from .data import input_sets, master_parameters
 from .grid import Workload
@@ -40,10 +41,12 @@ MEASURE_ALLOWANCE_S = 600.0
 def _layer_function(workload: Workload):
     """(x, seed, weights) -> (out, h_n[, c_n]): the whole layer as plain reference code."""
     spec = workload.spec
+    cell = CELLS[spec.family]
     options = spec.options
     groups = options.get("ln_groups", 1)
     recurrent_dropout = options.get("recurrent_dropout", 0.0)
-    reg = R.Regularizers(zoneout_hidden=options.get("zoneout", 0.0), training=spec.training)
+    probabilities = {cell.zoneout[name]: options.get(name, 0.0) for name in cell.zoneout}
+    probabilities["candidate_dropout"] = options.get("candidate_dropout", 0.0)
     batch, hidden = workload.B, workload.H
 
     def recurrent_mask(seed, dtype):
@@ -51,24 +54,21 @@ def _layer_function(workload: Workload):
             return None
         return M.keep_scale(seed, M.RECURRENT_DROPOUT, recurrent_dropout, (batch, hidden), dtype)
 
-    def lstm(x, seed, w):
+    def layer(x, seed, w):
         gx = R.project_input(x, w["weight_ih_l0"], w["bias_ih_l0"], w.get("ln_ih_weight_l0"), groups)
         zeros = x.new_zeros(batch, hidden)
-        out, h_n, c_n, *_ = R.lstm_sequence(
-            gx, w["weight_hh_l0"], w["bias_hh_l0"], w.get("ln_hh_weight_l0"),
-            w.get("ln_cell_weight_l0"), w.get("ln_cell_bias_l0"), zeros, zeros, None,
-            recurrent_mask(seed, x.dtype), reg, R.MaskSource(seed), groups)
-        return out, h_n[None], c_n[None]  # states shaped (layers, B, H) as the modules return them
+        call = cell.call(gx=gx, w_hh=w["weight_hh_l0"], b_hh=w["bias_hh_l0"],
+                         **{name: w.get(f"{name}_l0") for name in cell.norm_parameters},
+                         **{f"{state}0": zeros for state in cell.states}, lengths=None,
+                         recurrent_mask=recurrent_mask(seed, x.dtype), seed=seed,
+                         ln_groups=groups, **probabilities, training=spec.training,
+                         reverse=False)
+        sequence, _ = R.SEQUENCES[cell.name]
+        results = sequence(call, R.MaskSource(seed))
+        # states shaped (layers, B, H) as the modules return them
+        return (results[0],) + tuple(state[None] for state in results[1:1 + len(cell.states)])
 
-    def gru(x, seed, w):
-        gx = R.project_input(x, w["weight_ih_l0"], w["bias_ih_l0"], w.get("ln_ih_weight_l0"), groups)
-        out, h_n, *_ = R.gru_sequence(
-            gx, w["weight_hh_l0"], w["bias_hh_l0"], w.get("ln_hh_weight_l0"),
-            x.new_zeros(batch, hidden), None, recurrent_mask(seed, x.dtype), reg,
-            R.MaskSource(seed), groups)
-        return out, h_n[None]
-
-    return lstm if spec.family == "lstm" else gru
+    return layer
 
 
 def compiled_prepared(workload: Workload, params, device: torch.device) -> Prepared:

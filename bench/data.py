@@ -9,9 +9,10 @@ from typing import Dict, List
 
 import torch
 
+from fastrnn.cells import CELLS
+
 from .grid import Workload
 
-GATES = {"lstm": 4, "gru": 3}
 
 
 def master_parameters(workload: Workload, seed: int) -> Dict[str, torch.Tensor]:
@@ -22,7 +23,7 @@ def master_parameters(workload: Workload, seed: int) -> Dict[str, torch.Tensor]:
     """
     generator = torch.Generator().manual_seed(seed)
     spec = workload.spec
-    hidden, rows = workload.H, GATES[spec.family] * workload.H
+    hidden, rows = workload.H, CELLS[spec.family].num_gates * workload.H
     bound = hidden ** -0.5
 
     def uniform(*shape):

@@ -9,7 +9,8 @@ from typing import Optional
 
 import torch
 
-from .data import GATES
+from fastrnn.cells import CELLS
+
 from .implementations import Implementation, module_prepared
 from .measure import Prepared
 
@@ -41,7 +42,7 @@ class FlashRNN(_Peer):
         from flashrnn import flashrnn
 
         family = workload.spec.family
-        gates, hidden, dtype = GATES[family], workload.H, workload.torch_dtype
+        gates, hidden, dtype = CELLS[family].num_gates, workload.H, workload.torch_dtype
         bias_gates = 4 if family == "gru" else gates  # flashrnn's GRU keeps a separate b_hn
 
         def leaf(*shape, scale):

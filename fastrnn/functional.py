@@ -1,18 +1,19 @@
 """One layer, one direction: the input projection, the call's masks, then the recurrence op.
 
-The modules (``fastrnn.modules``) stack these; they are also the functional API for users who
-keep their own parameters.
+The modules (``fastrnn.modules``) stack these; ``lstm_layer`` / ``gru_layer`` are also the
+functional API for users who keep their own parameters.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import masks as M
-from . import reference as R
+from . import ops
+from .cells import GRU, LAYER_NORM_EPS, LSTM, Cell
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight: Optional[Tensor],
@@ -25,41 +26,56 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
     gx = torch.matmul(x, w_ih.t())
     if ln_ih_weight is None:
         return gx if b_ih is None else gx + b_ih
-    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih, eps=R.EPS)
+    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih,
+                        eps=LAYER_NORM_EPS)
     return flat.reshape(gx.shape)
 
 
-class _PreparedCall:
-    """Everything a layer/direction call feeds the recurrence besides the states: its seed, the
-    small masks drawn in Python from it, W_hh after dropconnect, and the projected input."""
+def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
+               initial: Dict[str, Tensor], lengths: Optional[Tensor], *, ln_groups: int,
+               step_probabilities: Dict[str, float], recurrent_dropout: float, dropconnect: float,
+               training: bool, reverse: bool, backend: str, layer: int = 0,
+               direction: int = 0) -> Tuple[Tensor, ...]:
+    """x [T, B, I] -> (out [T, B, H], *final states [B, H]) for one layer and direction.
 
-    def __init__(self, cell: str, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                 ln_ih_weight: Optional[Tensor], ln_groups: int, training: bool,
-                 recurrent_dropout: float, dropconnect: float, step_masks: dict, layer: int,
-                 direction: int):
-        steps, batch, hidden = x.shape[0], x.shape[1], w_hh.shape[1]
-        stochastic = (recurrent_dropout > 0 or dropconnect > 0
-                      or any(p > 0 for _, p in step_masks.values()))
-        active = training and stochastic
-        self.seed = (M.draw_seed(x.device) if active
-                     else torch.zeros((), dtype=torch.int64, device=x.device))
-        self.recurrent_mask = None
-        dropconnect_mask = None
-        if training and recurrent_dropout > 0:
-            self.recurrent_mask = M.keep_scale(self.seed, M.RECURRENT_DROPOUT, recurrent_dropout,
-                                               (batch, hidden), x.dtype)
-        if training and dropconnect > 0:
-            dropconnect_mask = M.keep_scale(self.seed, M.DROPCONNECT, dropconnect,
-                                            tuple(w_hh.shape), w_hh.dtype)
-        self.w_hh = w_hh if dropconnect_mask is None else w_hh * dropconnect_mask
-        self.gx = project_input(x, w_ih, b_ih, ln_ih_weight, ln_groups)
-        if active and M.capturing():
-            expanded = {name: (M.expand_step_masks(self.seed, kind, p, steps, batch, hidden)
-                               if p > 0 else None)
-                        for name, (kind, p) in step_masks.items()}
-            M.record(M.CallMasks(layer=layer, direction=direction, cell=cell,
-                                 recurrent=self.recurrent_mask, dropconnect=dropconnect_mask,
-                                 **expanded))
+    ``weights``: weight_ih, weight_hh, bias_ih, bias_hh and the layer-norm parameters present
+    (module names without the layer suffix); ``initial``: the call fields h0 (and c0);
+    ``step_probabilities``: the cell's per-step mask probabilities by call field (zoneout,
+    candidate dropout).  ``backend`` must be a concrete name (``fastrnn.backends.resolve``).
+    """
+    steps, batch, hidden = x.shape[0], x.shape[1], weights["weight_hh"].shape[1]
+    w_hh = weights["weight_hh"]
+    stochastic = (recurrent_dropout > 0 or dropconnect > 0
+                  or any(p > 0 for p in step_probabilities.values()))
+    active = training and stochastic
+    seed = (M.draw_seed(x.device) if active
+            else torch.zeros((), dtype=torch.int64, device=x.device))
+    recurrent_mask = dropconnect_mask = None
+    if training and recurrent_dropout > 0:
+        recurrent_mask = M.keep_scale(seed, M.RECURRENT_DROPOUT, recurrent_dropout,
+                                      (batch, hidden), x.dtype)
+    if training and dropconnect > 0:
+        dropconnect_mask = M.keep_scale(seed, M.DROPCONNECT, dropconnect, tuple(w_hh.shape),
+                                        w_hh.dtype)
+        w_hh = w_hh * dropconnect_mask
+    call = cell.call(
+        gx=project_input(x, weights["weight_ih"], weights.get("bias_ih"),
+                         weights.get("ln_ih_weight"), ln_groups),
+        w_hh=w_hh, b_hh=weights.get("bias_hh"),
+        **{name: weights.get(name) for name in cell.norm_parameters}, **initial,
+        lengths=lengths, recurrent_mask=recurrent_mask, seed=seed, ln_groups=ln_groups,
+        **{field: float(p) for field, p in step_probabilities.items()},
+        training=bool(training), reverse=bool(reverse))
+    if active and M.capturing():
+        expanded = {field: (M.expand_step_masks(seed, kind, step_probabilities[field], steps,
+                                                batch, hidden)
+                            if step_probabilities[field] > 0 else None)
+                    for field, kind in cell.step_masks.items()}
+        M.record(M.CallMasks(layer=layer, direction=direction, cell=cell.name,
+                             recurrent_mask=recurrent_mask, dropconnect_mask=dropconnect_mask,
+                             **expanded))
+    results = ops.forward(call, backend)
+    return results[:1 + len(cell.states)]
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -73,19 +89,16 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                direction: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
     """x [T, B, I] -> (out [T, B, H], h_n [B, H], c_n [B, H]) for one LSTM layer and direction.
 
-    ``backend`` must be a concrete name (see ``fastrnn.backends.resolve``).
-    """
-    call = _PreparedCall("lstm", x, w_ih, w_hh, b_ih, ln_ih_weight, ln_groups, training,
-                         recurrent_dropout, dropconnect, {
-                             "zoneout_cell": (M.ZONEOUT_CELL, zoneout_cell),
-                             "zoneout_hidden": (M.ZONEOUT_HIDDEN, zoneout_hidden),
-                             "candidate": (M.CANDIDATE_DROPOUT, candidate_dropout)},
-                         layer, direction)
-    out, h_n, c_n, *_ = torch.ops.fastrnn.lstm_forward(
-        call.gx, call.w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-        call.recurrent_mask, call.seed, ln_groups, float(zoneout_cell), float(zoneout_hidden),
-        float(candidate_dropout), bool(training), bool(reverse), backend)
-    return out, h_n, c_n
+    ``layer`` and ``direction`` only label the call's masks for ``fastrnn.capture_masks``."""
+    weights = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
+                   ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
+                   ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias)
+    return recurrence(
+        LSTM, x, weights, dict(h0=h0, c0=c0), lengths, ln_groups=ln_groups,
+        step_probabilities=dict(zoneout_cell=zoneout_cell, zoneout_hidden=zoneout_hidden,
+                                candidate_dropout=candidate_dropout),
+        recurrent_dropout=recurrent_dropout, dropconnect=dropconnect, training=training,
+        reverse=reverse, backend=backend, layer=layer, direction=direction)
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -96,12 +109,10 @@ def gru_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               reverse: bool = False, backend: str = "reference", layer: int = 0,
               direction: int = 0) -> Tuple[Tensor, Tensor]:
     """x [T, B, I] -> (out [T, B, H], h_n [B, H]) for one GRU layer and direction."""
-    call = _PreparedCall("gru", x, w_ih, w_hh, b_ih, ln_ih_weight, ln_groups, training,
-                         recurrent_dropout, dropconnect, {
-                             "zoneout_hidden": (M.ZONEOUT_HIDDEN, zoneout),
-                             "candidate": (M.CANDIDATE_DROPOUT, candidate_dropout)},
-                         layer, direction)
-    out, h_n, *_ = torch.ops.fastrnn.gru_forward(
-        call.gx, call.w_hh, b_hh, ln_hh_weight, h0, lengths, call.recurrent_mask, call.seed,
-        ln_groups, float(zoneout), float(candidate_dropout), bool(training), bool(reverse), backend)
-    return out, h_n
+    weights = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
+                   ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
+    return recurrence(
+        GRU, x, weights, dict(h0=h0), lengths, ln_groups=ln_groups,
+        step_probabilities=dict(zoneout_hidden=zoneout, candidate_dropout=candidate_dropout),
+        recurrent_dropout=recurrent_dropout, dropconnect=dropconnect, training=training,
+        reverse=reverse, backend=backend, layer=layer, direction=direction)

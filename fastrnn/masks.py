@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from typing import Iterator, List, Optional
 
 import torch
@@ -108,28 +109,38 @@ def draw_seed(device) -> torch.Tensor:
 
 @dataclasses.dataclass
 class CallMasks:
-    """Every mask of one layer / direction call, expanded to full tensors.
+    """Every mask of one layer / direction call, expanded to full tensors, named as the fields
+    of the call (``fastrnn.cells``) whose probability draws them.
 
-    ``zoneout_cell``, ``zoneout_hidden``, ``candidate``: bool [T, B, H] (True = zoned out /
-    dropped), or None when the option is off.  ``recurrent``: [B, H] inverted-dropout scale
-    applied to h_{t-1} before the recurrent product.  ``dropconnect``: [G*H, H] scale on W_hh.
+    ``zoneout_cell`` (LSTM), ``zoneout_hidden``, ``candidate_dropout``: bool [T, B, H] (True =
+    zoned out / dropped), or None when the option is off.  ``recurrent_mask``: the [B, H]
+    inverted-dropout scale applied to h_{t-1} before the recurrent product.
+    ``dropconnect_mask``: the [G*H, H] scale on W_hh.
     """
     layer: int
     direction: int
     cell: str
     zoneout_cell: Optional[torch.Tensor] = None
     zoneout_hidden: Optional[torch.Tensor] = None
-    candidate: Optional[torch.Tensor] = None
-    recurrent: Optional[torch.Tensor] = None
-    dropconnect: Optional[torch.Tensor] = None
+    candidate_dropout: Optional[torch.Tensor] = None
+    recurrent_mask: Optional[torch.Tensor] = None
+    dropconnect_mask: Optional[torch.Tensor] = None
 
 
-_captures: List[List[CallMasks]] = []
+# Each thread captures only its own calls: a model running in another thread must not leak
+# its masks into this thread's block.
+_local = threading.local()
+
+
+def _captures() -> List[List[CallMasks]]:
+    if not hasattr(_local, "captures"):
+        _local.captures = []
+    return _local.captures
 
 
 @contextlib.contextmanager
 def capture_masks() -> Iterator[List[CallMasks]]:
-    """Record the masks of every training-mode layer call made inside the block.
+    """Record the masks of every training-mode layer call this thread makes inside the block.
 
     >>> with fastrnn.capture_masks() as calls:
     ...     out, _ = model(x)
@@ -139,19 +150,19 @@ def capture_masks() -> Iterator[List[CallMasks]]:
     expanding the masks costs time and memory that a normal call never spends.
     """
     calls: List[CallMasks] = []
-    _captures.append(calls)
+    _captures().append(calls)
     try:
         yield calls
     finally:
-        _captures.remove(calls)
+        _captures().remove(calls)
 
 
 def capturing() -> bool:
-    return bool(_captures)
+    return bool(_captures())
 
 
 def record(call: CallMasks) -> None:
-    for calls in _captures:
+    for calls in _captures():
         calls.append(call)
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import backends
+from . import cells
 from . import functional as FR
 from . import validation as V
 
@@ -76,8 +77,7 @@ def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor])
 class _RecurrentBase(nn.Module):
     """Parameters, checks and the layer/direction loop shared by LSTM and GRU."""
 
-    gates: int
-    state_names: Tuple[str, ...]        # ("hidden", "cell") or ("hidden",)
+    cell: cells.Cell
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, bias: bool,
                  batch_first: bool, dropout: float, bidirectional: bool, *, layer_norm: bool,
@@ -94,7 +94,7 @@ class _RecurrentBase(nn.Module):
         V.probability("dropconnect", dropconnect)
         for name, p in zoneout.items():
             V.probability(name, p, allow_one=True)
-        V.choice("ln_groups", ln_groups, (1, self.gates))
+        V.choice("ln_groups", ln_groups, self.cell.ln_groups)
         V.choice("backend", backend, backends.CHOICES)
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -114,7 +114,7 @@ class _RecurrentBase(nn.Module):
         self.residual = residual
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
-        gate_width = self.gates * hidden_size
+        gate_width = self.cell.num_gates * hidden_size
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes():
@@ -124,8 +124,9 @@ class _RecurrentBase(nn.Module):
                                factory)
                 self._register(f"bias_ih_l{layer}{suffix}", (gate_width,), bias, factory)
                 self._register(f"bias_hh_l{layer}{suffix}", (gate_width,), bias, factory)
-                for name, size in self._layer_norm_shapes():
-                    self._register(f"{name}_l{layer}{suffix}", (size,), layer_norm, factory)
+                for name, size in self.cell.layer_norm_shapes.items():
+                    shape = (gate_width if size == "gates" else hidden_size,)
+                    self._register(f"{name}_l{layer}{suffix}", shape, layer_norm, factory)
                 for state in self.state_names:
                     self._register(f"initial_{state}_l{layer}{suffix}", (hidden_size,),
                                    learn_initial_state, factory)
@@ -140,9 +141,10 @@ class _RecurrentBase(nn.Module):
     def _suffixes(self) -> Tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
 
-    def _layer_norm_shapes(self) -> List[Tuple[str, int]]:
-        gate_width = self.gates * self.hidden_size
-        return [("ln_ih_weight", gate_width), ("ln_hh_weight", gate_width)]
+    @property
+    def state_names(self) -> Tuple[str, ...]:
+        """("hidden", "cell") or ("hidden",): the learned initial states' names."""
+        return tuple(cells.STATE_NAMES[state] for state in self.cell.states)
 
     def _register(self, name: str, shape, present: bool, factory: dict) -> None:
         self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory))
@@ -154,9 +156,9 @@ class _RecurrentBase(nn.Module):
         with torch.no_grad():
             for name, parameter in self.named_parameters():
                 if name.startswith("weight_ih"):
-                    _init_per_gate(parameter, self.gates, nn.init.xavier_uniform_)
+                    _init_per_gate(parameter, self.cell.num_gates, nn.init.xavier_uniform_)
                 elif name.startswith("weight_hh"):
-                    _init_per_gate(parameter, self.gates, nn.init.orthogonal_)
+                    _init_per_gate(parameter, self.cell.num_gates, nn.init.orthogonal_)
                 elif name.startswith("ln_") and "weight" in name:
                     nn.init.ones_(parameter)
                 else:
@@ -183,7 +185,7 @@ class _RecurrentBase(nn.Module):
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
                     "bidirectional": False, "layer_norm": False, "ln_groups": 1,
-                    **{name: 0.0 for name in self._zoneout_names()}, "recurrent_dropout": 0.0,
+                    **{name: 0.0 for name in self.cell.zoneout}, "recurrent_dropout": 0.0,
                     "candidate_dropout": 0.0, "dropconnect": 0.0, **self._extra_defaults(),
                     "learn_initial_state": False, "residual": False, "backend": "auto"}
         for name, default in defaults.items():
@@ -288,32 +290,46 @@ class _RecurrentBase(nn.Module):
 
     def _weight_names(self) -> List[str]:
         return (["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-                + [name for name, _ in self._layer_norm_shapes()])
+                + list(self.cell.layer_norm_shapes))
+
+    def _recur(self, x, states, lengths, weights, backend, layer, direction):
+        """One layer and direction: (out, *final states)."""
+        return FR.recurrence(
+            self.cell, x, weights,
+            {f"{state}0": value.contiguous() for state, value in zip(self.cell.states, states)},
+            lengths, ln_groups=self.ln_groups,
+            step_probabilities={**{self.cell.zoneout[name]: getattr(self, name)
+                                   for name in self.cell.zoneout},
+                                "candidate_dropout": self.candidate_dropout},
+            recurrent_dropout=self.recurrent_dropout, dropconnect=self.dropconnect,
+            training=self.training, reverse=direction == 1, backend=backend, layer=layer,
+            direction=direction)
+
+    def _state_arg_names(self) -> Tuple[str, ...]:
+        if len(self.cell.states) == 1:
+            return ("hx",)
+        return tuple(f"hx[{i}] ({state}_0)" for i, state in enumerate(self.cell.states))
+
+    def _unpack_states(self, hx) -> Tuple[Tensor, ...]:
+        if len(self.cell.states) == 1:
+            return (hx,)
+        if not isinstance(hx, (tuple, list)) or len(hx) != len(self.cell.states):
+            names = ", ".join(f"{state}_0" for state in self.cell.states)
+            raise TypeError(f"hx must be a tuple ({names}) for {type(self).__name__}, "
+                            f"got {type(hx).__name__}")
+        return tuple(hx)
+
+    def _pack_states(self, states: Tuple[Tensor, ...]):
+        return states[0] if len(self.cell.states) == 1 else tuple(states)
+
+    def _extra_defaults(self) -> dict:
+        return {}
 
     def _empty_result(self, layout: _Layout, x: Tensor, states, dtype):
         """B = 0: empty outputs of the right shapes, without calling any kernel."""
         out = x.new_empty(x.shape[0], 0, self.num_directions * self.hidden_size, dtype=dtype)
         return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype))
                                                            for s in states))
-
-    # Cell-specific hooks.
-    def _zoneout_names(self) -> Tuple[str, ...]:
-        raise NotImplementedError
-
-    def _extra_defaults(self) -> dict:
-        return {}
-
-    def _state_arg_names(self) -> Tuple[str, ...]:
-        raise NotImplementedError
-
-    def _unpack_states(self, hx) -> Tuple[Tensor, ...]:
-        raise NotImplementedError
-
-    def _pack_states(self, states: Tuple[Tensor, ...]):
-        raise NotImplementedError
-
-    def _recur(self, x, states, lengths, weights, backend, layer, direction):
-        raise NotImplementedError
 
 
 class LSTM(_RecurrentBase):
@@ -324,8 +340,7 @@ class LSTM(_RecurrentBase):
     ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM.
     """
 
-    gates = 4
-    state_names = ("hidden", "cell")
+    cell = cells.LSTM
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -345,47 +360,17 @@ class LSTM(_RecurrentBase):
                          dropconnect=dropconnect, learn_initial_state=learn_initial_state,
                          residual=residual, backend=backend, device=device, dtype=dtype)
 
-    def _layer_norm_shapes(self):
-        return super()._layer_norm_shapes() + [("ln_cell_weight", self.hidden_size),
-                                               ("ln_cell_bias", self.hidden_size)]
-
     def reset_parameters(self) -> None:
         super().reset_parameters()
         hidden = self.hidden_size
         with torch.no_grad():
             for name, parameter in self.named_parameters():
                 if name.startswith("bias_ih"):
-                    parameter[hidden:2 * hidden].fill_(self.forget_bias)
-
-    def _zoneout_names(self):
-        return ("zoneout_cell", "zoneout_hidden")
+                    forget = self.cell.gates.index("f")
+                    parameter[forget * hidden:(forget + 1) * hidden].fill_(self.forget_bias)
 
     def _extra_defaults(self):
         return {"forget_bias": 1.0}
-
-    def _state_arg_names(self):
-        return ("hx[0] (h_0)", "hx[1] (c_0)")
-
-    def _unpack_states(self, hx):
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"hx must be a tuple (h_0, c_0) for LSTM, got {type(hx).__name__}")
-        return tuple(hx)
-
-    def _pack_states(self, states):
-        return tuple(states)
-
-    def _recur(self, x, states, lengths, weights, backend, layer, direction):
-        h0, c0 = states
-        return FR.lstm_layer(
-            x, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
-            weights["bias_hh"], h0.contiguous(), c0.contiguous(), lengths,
-            ln_ih_weight=weights["ln_ih_weight"], ln_hh_weight=weights["ln_hh_weight"],
-            ln_cell_weight=weights["ln_cell_weight"], ln_cell_bias=weights["ln_cell_bias"],
-            ln_groups=self.ln_groups, zoneout_cell=self.zoneout_cell,
-            zoneout_hidden=self.zoneout_hidden, recurrent_dropout=self.recurrent_dropout,
-            candidate_dropout=self.candidate_dropout, dropconnect=self.dropconnect,
-            training=self.training, reverse=direction == 1, backend=backend, layer=layer,
-            direction=direction)
 
 
 class GRU(_RecurrentBase):
@@ -395,8 +380,7 @@ class GRU(_RecurrentBase):
     ``out, h_n = gru(input, hx=None, lengths=None)``, shapes as torch.nn.GRU.
     """
 
-    gates = 3
-    state_names = ("hidden",)
+    cell = cells.GRU
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -410,29 +394,6 @@ class GRU(_RecurrentBase):
                          candidate_dropout=candidate_dropout, dropconnect=dropconnect,
                          learn_initial_state=learn_initial_state, residual=residual,
                          backend=backend, device=device, dtype=dtype)
-
-    def _zoneout_names(self):
-        return ("zoneout",)
-
-    def _state_arg_names(self):
-        return ("hx",)
-
-    def _unpack_states(self, hx):
-        return (hx,)
-
-    def _pack_states(self, states):
-        return states[0]
-
-    def _recur(self, x, states, lengths, weights, backend, layer, direction):
-        (h0,) = states
-        return FR.gru_layer(
-            x, weights["weight_ih"], weights["weight_hh"], weights["bias_ih"],
-            weights["bias_hh"], h0.contiguous(), lengths, ln_ih_weight=weights["ln_ih_weight"],
-            ln_hh_weight=weights["ln_hh_weight"], ln_groups=self.ln_groups,
-            zoneout=self.zoneout, recurrent_dropout=self.recurrent_dropout,
-            candidate_dropout=self.candidate_dropout, dropconnect=self.dropconnect,
-            training=self.training, reverse=direction == 1, backend=backend, layer=layer,
-            direction=direction)
 
 
 class LayerNormLSTM(LSTM):

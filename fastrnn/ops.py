@@ -1,214 +1,183 @@
-"""The op boundary: ``torch.ops.fastrnn.*``, one recurrence per layer and direction.
+"""The op boundary: ``torch.ops.fastrnn.<cell>_forward`` / ``<cell>_backward``, one recurrence
+(one layer, one direction, all T steps) per call.
 
-Every backend (reference, Triton, CUDA) implements these four ops with the same schema, so
-``torch.compile`` sees one opaque op per recurrence (fake implementations below give it the
-shapes) and autograd sees one registered formula.  The ``backend`` argument names the
-implementation; it is resolved by the caller (``fastrnn.backends.resolve``) before the op runs.
+Every backend (reference, Triton, CUDA) implements these ops, so ``torch.compile`` sees one
+opaque op per recurrence (the fake implementations below give it the shapes) and autograd sees
+one registered formula.  The schemas are generated from the call types of ``fastrnn.cells``
+(``LSTMCall``, ``GRUCall``): the fields of a call, in order, then ``str backend``.  The
+``backend`` argument names the implementation; the caller resolves it
+(``fastrnn.backends.resolve``) before the op runs.
 
-What the recurrence sees (docs/ops.md has the full contract):
+* forward: ``(*call, backend) -> (out, h_n[, c_n], *saved)``; ``saved`` are the fields of the
+  cell's ``saved`` type after ``out`` (``preact``, ``cell`` or ``hidden_n``, ``stats``).
+* backward: ``(grad_out, grad_h_n[, grad_c_n], *saved, *call[1:], backend)`` -> the gradients of
+  the cell's ``differentiable`` call fields; an absent optional parameter gets an empty tensor.
+  The backward works from the saved tensors: ``gx`` is not an argument (backends see
+  ``call.gx = None``).
 
-* ``gx`` [T, B, G·H]: the input projection of all steps, computed outside as one GEMM
-  (``W_ih x + b_ih``, or ``γ_ih ⊙ N(W_ih x) + b_ih`` with layer norm);
-* ``w_hh`` [G·H, H] with dropconnect already applied, ``b_hh``, the layer-norm parameters;
-* ``h0`` (and ``c0``) [B, H], ``lengths`` [B] int64 or None;
-* ``recurrent_mask`` [B, H]: the inverted-dropout scale on h_{t-1}, or None;
-* ``seed``: int64 scalar tensor on the device, the key of the in-kernel zoneout and candidate
-  dropout masks (``fastrnn.masks``), regenerated in backward and never stored.
-
-Saved for backward (per (t, b), G·H + H values for the LSTM, G·H + H for the GRU, plus
-float32 layer-norm statistics): ``preact`` (the gate pre-activations), ``cell`` (the carried
-float32 cell state, LSTM) or ``hidden_n`` (``W_hn h + b_hn`` after layer norm, GRU), ``stats``
-(per-group mean and rstd).  With layer norm the backward recomputes ``W_hh h_{t-1}`` for all t in
-one GEMM from ``out`` rather than saving it; ``gx`` is not kept.
+docs/ops.md is the full contract.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import typing
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from . import backends
-from .reference import accumulate_dtype
+from .cells import CELLS, Cell, cell_of
 
-Tensors6 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-Tensors8 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-Tensors5 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
-
-
-def lstm_stats_width(layer_norm: bool, ln_groups: int) -> int:
-    """Columns of ``stats``: mean and rstd per group of W_hh h, then of the cell."""
-    return 2 * ln_groups + 2 if layer_norm else 0
+_LIBRARY = torch.library.Library("fastrnn", "DEF")
+_SCHEMA_TYPES = {Tensor: "Tensor", Optional[Tensor]: "Tensor?", int: "int", float: "float",
+                 bool: "bool"}
 
 
-def gru_stats_width(layer_norm: bool, ln_groups: int) -> int:
-    return 2 * ln_groups if layer_norm else 0
+def _argument_list(fields: Sequence[Tuple[str, object]]) -> str:
+    return ", ".join(f"{_SCHEMA_TYPES[hint]} {name}" for name, hint in fields)
 
 
-# --------------------------------------------------------------------------------------- LSTM
-
-@torch.library.custom_op("fastrnn::lstm_forward", mutates_args=())
-def lstm_forward(gx: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor],
-                 ln_cell_weight: Optional[Tensor], ln_cell_bias: Optional[Tensor], h0: Tensor,
-                 c0: Tensor, lengths: Optional[Tensor], recurrent_mask: Optional[Tensor],
-                 seed: Tensor, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
-                 candidate_dropout: float, training: bool, reverse: bool,
-                 backend: str) -> Tensors6:
-    """-> (out [T,B,H], h_n [B,H], c_n [B,H], preact [T,B,4H], cell [T,B,H], stats [T,B,S] f32);
-    cell is float32 (float64 for float64 inputs)."""
-    _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias)
-    return backends.get(backend).lstm_forward(
-        gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-        recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
-        training, reverse)
+def _call_fields(cell: Cell):
+    return list(typing.get_type_hints(cell.call).items())
 
 
-def _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias) -> None:
-    """The LSTM's layer norm is on or off as a whole: γ_hh, γ_c and β_c come together."""
-    given = [t is not None for t in (ln_hh_weight, ln_cell_weight, ln_cell_bias)]
+def _grad_names(cell: Cell) -> Tuple[str, ...]:
+    """The backward op's first arguments: the gradients of out and of the final states."""
+    return tuple(f"grad_{name}" for name in cell.forward_outputs[:1 + len(cell.states)])
+
+
+def forward_schema(cell: Cell) -> str:
+    results = ", ".join("Tensor" for _ in cell.forward_outputs)
+    return f"({_argument_list(_call_fields(cell))}, str backend) -> ({results})"
+
+
+def backward_schema(cell: Cell) -> str:
+    arguments = ([(name, Tensor) for name in _grad_names(cell)]
+                 + [(name, Tensor) for name in cell.saved._fields] + _call_fields(cell)[1:])
+    results = ", ".join("Tensor" for _ in cell.differentiable)
+    return f"({_argument_list(arguments)}, str backend) -> ({results})"
+
+
+def forward(call, backend: str) -> Tuple[Tensor, ...]:
+    """Runs a recurrence call through the op: (out, h_n[, c_n], *saved)."""
+    return _forward_op(cell_of(call))(*call, backend)
+
+
+def _forward_op(cell: Cell):
+    return getattr(torch.ops.fastrnn, f"{cell.name}_forward").default
+
+
+def _backward_op(cell: Cell):
+    return getattr(torch.ops.fastrnn, f"{cell.name}_backward").default
+
+
+# ------------------------------------------------------------------------- implementations
+
+def _split_forward_arguments(cell: Cell, arguments):
+    *fields, backend = arguments
+    return cell.call(*fields), backend
+
+
+def _split_backward_arguments(cell: Cell, arguments):
+    grads = len(cell.states) + 1
+    saved_end = grads + len(cell.saved._fields)
+    *rest, backend = arguments[saved_end:]
+    return (arguments[:grads], cell.saved(*arguments[grads:saved_end]), cell.call(None, *rest),
+            backend)
+
+
+def _check_layer_norm_parameters(cell: Cell, call) -> None:
+    """The recurrence's layer norm is on or off as a whole (γ_hh, and γ_c, β_c for the LSTM)."""
+    given = [getattr(call, name) is not None for name in cell.norm_parameters]
     if any(given) and not all(given):
-        raise ValueError("lstm_forward: ln_hh_weight, ln_cell_weight and ln_cell_bias must be "
-                         f"all given or all None, got {given}")
+        raise ValueError(f"{cell.name}_forward: {', '.join(cell.norm_parameters)} must be all "
+                         f"given or all None, got {given}")
 
 
-@lstm_forward.register_fake
-def _(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-      recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
-      reverse, backend):
-    _check_layer_norm_parameters(ln_hh_weight, ln_cell_weight, ln_cell_bias)
-    steps, batch, hidden = gx.shape[0], gx.shape[1], w_hh.shape[1]
-    width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
-    return (gx.new_empty(steps, batch, hidden), gx.new_empty(batch, hidden),
-            gx.new_empty(batch, hidden), gx.new_empty(gx.shape),
-            gx.new_empty(steps, batch, hidden, dtype=accumulate_dtype(gx.dtype)),
-            gx.new_empty(steps, batch, width, dtype=torch.float32))
+def _register(cell: Cell) -> None:
+    forward_name, backward_name = f"{cell.name}_forward", f"{cell.name}_backward"
+    _LIBRARY.define(forward_name + forward_schema(cell))
+    _LIBRARY.define(backward_name + backward_schema(cell))
+
+    def forward_impl(*arguments):
+        call, backend = _split_forward_arguments(cell, arguments)
+        _check_layer_norm_parameters(cell, call)
+        return tuple(backends.get(backend).forward(call))
+
+    def forward_fake(*arguments):
+        call, _ = _split_forward_arguments(cell, arguments)
+        _check_layer_norm_parameters(cell, call)
+        return _fake_forward(cell, call)
+
+    def backward_impl(*arguments):
+        grads, saved, call, backend = _split_backward_arguments(cell, arguments)
+        return tuple(backends.get(backend).backward(call, saved, grads))
+
+    def backward_fake(*arguments):
+        _, saved, call, _ = _split_backward_arguments(cell, arguments)
+        like = call.w_hh
+        return (saved.preact.new_empty(saved.preact.shape),) + tuple(
+            like.new_empty(0) if getattr(call, name) is None
+            else getattr(call, name).new_empty(getattr(call, name).shape)
+            for name in cell.differentiable[1:])
+
+    tensor_fields = tuple(name for name, hint in _call_fields(cell)[1:]
+                          if hint in (Tensor, Optional[Tensor]))
+
+    def setup_context(ctx, inputs, output):
+        call, backend = _split_forward_arguments(cell, inputs)
+        saved = cell.saved(output[0], *output[1 + len(cell.states):])
+        ctx.mark_non_differentiable(*saved[1:])
+        ctx.options = {name: getattr(call, name) for name in call._fields[1:]
+                       if name not in tensor_fields}
+        ctx.backend = backend
+        ctx.save_for_backward(*saved, *(getattr(call, name) for name in tensor_fields))
+
+    def backward_formula(ctx, *output_grads):
+        stored = ctx.saved_tensors
+        count = len(cell.saved._fields)
+        saved = cell.saved(*stored[:count])
+        call = cell.call(None, **dict(zip(tensor_fields, stored[count:])), **ctx.options)
+        initial = [getattr(call, f"{state}0") for state in cell.states]
+        grads = [torch.zeros_like(like) if grad is None else grad
+                 for grad, like in zip(output_grads, [saved.out] + initial)]
+        results = dict(zip(cell.differentiable,
+                           _backward_op(cell)(*grads, *saved, *call[1:], ctx.backend)))
+        # gx is always there; an absent optional parameter has no gradient.
+        return tuple(results[name] if name in results and (name == "gx" or
+                                                          getattr(call, name) is not None)
+                     else None for name in cell.call._fields) + (None,)
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(f"fastrnn: double backward (a gradient of the gradient) through "
+                           f"{cell.name} is not supported")
+
+    torch.library.impl(f"fastrnn::{forward_name}", "CompositeExplicitAutograd",
+                       func=forward_impl, lib=_LIBRARY)
+    torch.library.impl(f"fastrnn::{backward_name}", "CompositeExplicitAutograd",
+                       func=backward_impl, lib=_LIBRARY)
+    torch.library.register_fake(f"fastrnn::{forward_name}", forward_fake, lib=_LIBRARY)
+    torch.library.register_fake(f"fastrnn::{backward_name}", backward_fake, lib=_LIBRARY)
+    torch.library.register_autograd(f"fastrnn::{forward_name}", backward_formula,
+                                    setup_context=setup_context, lib=_LIBRARY)
+    torch.library.register_autograd(f"fastrnn::{backward_name}", no_double_backward,
+                                    setup_context=lambda ctx, inputs, output: None, lib=_LIBRARY)
 
 
-@torch.library.custom_op("fastrnn::lstm_backward", mutates_args=())
-def lstm_backward(grad_out: Tensor, grad_h_n: Tensor, grad_c_n: Tensor, out: Tensor,
-                  preact: Tensor, cell: Tensor, stats: Tensor, w_hh: Tensor,
-                  b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor],
-                  ln_cell_weight: Optional[Tensor], ln_cell_bias: Optional[Tensor], h0: Tensor,
-                  c0: Tensor, lengths: Optional[Tensor], recurrent_mask: Optional[Tensor],
-                  seed: Tensor, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
-                  candidate_dropout: float, training: bool, reverse: bool,
-                  backend: str) -> Tensors8:
-    """-> gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0);
-    the gradient of an absent optional parameter is an empty tensor."""
-    return backends.get(backend).lstm_backward(
-        grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
-        ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed, ln_groups,
-        zoneout_cell, zoneout_hidden, candidate_dropout, training, reverse)
+def _fake_forward(cell: Cell, call) -> Tuple[Tensor, ...]:
+    """Shapes and dtypes of the forward results (docs/ops.md), without computing anything."""
+    gx = call.gx
+    steps, batch, hidden = gx.shape[0], gx.shape[1], call.w_hh.shape[1]
+    width = cell.stats_width(call.ln_hh_weight is not None, call.ln_groups)
+    shapes = {"out": (steps, batch, hidden), "preact": tuple(gx.shape),
+              "stats": (steps, batch, width)}
+    results = [gx.new_empty(shapes["out"])]
+    results += [gx.new_empty(batch, hidden) for _ in cell.states]
+    for field in cell.saved._fields[1:]:
+        results.append(gx.new_empty(shapes.get(field, (steps, batch, hidden)),
+                                    dtype=cell.saved_dtype(field, gx.dtype)))
+    return tuple(results)
 
 
-@lstm_backward.register_fake
-def _(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
-      ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed, ln_groups, zoneout_cell,
-      zoneout_hidden, candidate_dropout, training, reverse, backend):
-    return (preact.new_empty(preact.shape), *_empty_like_each(
-        w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, like=w_hh))
-
-
-def _empty_like_each(*tensors, like):
-    return tuple(like.new_empty(0) if t is None else t.new_empty(t.shape) for t in tensors)
-
-
-def _lstm_setup_context(ctx, inputs, output):
-    (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
-     seed, *options) = inputs
-    out, _, _, preact, cell, stats = output
-    ctx.options = options
-    ctx.mark_non_differentiable(preact, cell, stats)
-    ctx.save_for_backward(out, preact, cell, stats, w_hh, b_hh, ln_hh_weight,
-                          ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask, seed)
-
-
-def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, *_):
-    (out, preact, cell, stats, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
-     c0, lengths, recurrent_mask, seed) = ctx.saved_tensors
-    grads = torch.ops.fastrnn.lstm_backward(
-        _or_zeros(grad_out, out), _or_zeros(grad_h_n, h0), _or_zeros(grad_c_n, c0), out, preact,
-        cell, stats, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-        recurrent_mask, seed, *ctx.options)
-    d_gx, d_w_hh, d_b_hh, d_ln_hh, d_ln_cell_w, d_ln_cell_b, d_h0, d_c0 = grads
-    return (d_gx, d_w_hh, _present(d_b_hh, b_hh), _present(d_ln_hh, ln_hh_weight),
-            _present(d_ln_cell_w, ln_cell_weight), _present(d_ln_cell_b, ln_cell_bias), d_h0, d_c0,
-            None, None, None) + (None,) * len(ctx.options)
-
-
-torch.library.register_autograd("fastrnn::lstm_forward", _lstm_backward,
-                                setup_context=_lstm_setup_context)
-
-
-# ---------------------------------------------------------------------------------------- GRU
-
-@torch.library.custom_op("fastrnn::gru_forward", mutates_args=())
-def gru_forward(gx: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor],
-                h0: Tensor, lengths: Optional[Tensor], recurrent_mask: Optional[Tensor],
-                seed: Tensor, ln_groups: int, zoneout: float, candidate_dropout: float,
-                training: bool, reverse: bool, backend: str) -> Tensors5:
-    """-> (out [T,B,H], h_n [B,H], preact [T,B,3H], hidden_n [T,B,H], stats [T,B,S] f32)."""
-    return backends.get(backend).gru_forward(
-        gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups, zoneout,
-        candidate_dropout, training, reverse)
-
-
-@gru_forward.register_fake
-def _(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups, zoneout,
-      candidate_dropout, training, reverse, backend):
-    steps, batch, hidden = gx.shape[0], gx.shape[1], w_hh.shape[1]
-    width = gru_stats_width(ln_hh_weight is not None, ln_groups)
-    return (gx.new_empty(steps, batch, hidden), gx.new_empty(batch, hidden),
-            gx.new_empty(gx.shape), gx.new_empty(steps, batch, hidden),
-            gx.new_empty(steps, batch, width, dtype=torch.float32))
-
-
-@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
-def gru_backward(grad_out: Tensor, grad_h_n: Tensor, out: Tensor, preact: Tensor,
-                 hidden_n: Tensor, stats: Tensor, w_hh: Tensor,
-                 b_hh: Optional[Tensor], ln_hh_weight: Optional[Tensor], h0: Tensor,
-                 lengths: Optional[Tensor], recurrent_mask: Optional[Tensor], seed: Tensor,
-                 ln_groups: int, zoneout: float, candidate_dropout: float, training: bool,
-                 reverse: bool, backend: str) -> Tensors5:
-    """-> gradients of (gx, w_hh, b_hh, ln_hh_weight, h0); empty for an absent parameter."""
-    return backends.get(backend).gru_backward(
-        grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0,
-        lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout, training, reverse)
-
-
-@gru_backward.register_fake
-def _(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0, lengths,
-      recurrent_mask, seed, ln_groups, zoneout, candidate_dropout, training, reverse, backend):
-    return (preact.new_empty(preact.shape), *_empty_like_each(w_hh, b_hh, ln_hh_weight, h0,
-                                                              like=w_hh))
-
-
-def _gru_setup_context(ctx, inputs, output):
-    gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, *options = inputs
-    out, _, preact, hidden_n, stats = output
-    ctx.options = options
-    ctx.mark_non_differentiable(preact, hidden_n, stats)
-    ctx.save_for_backward(out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0,
-                          lengths, recurrent_mask, seed)
-
-
-def _gru_backward(ctx, grad_out, grad_h_n, *_):
-    (out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask,
-     seed) = ctx.saved_tensors
-    d_gx, d_w_hh, d_b_hh, d_ln_hh, d_h0 = torch.ops.fastrnn.gru_backward(
-        _or_zeros(grad_out, out), _or_zeros(grad_h_n, h0), out, preact, hidden_n, stats, w_hh,
-        b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, *ctx.options)
-    return (d_gx, d_w_hh, _present(d_b_hh, b_hh), _present(d_ln_hh, ln_hh_weight), d_h0,
-            None, None, None) + (None,) * len(ctx.options)
-
-
-torch.library.register_autograd("fastrnn::gru_forward", _gru_backward,
-                                setup_context=_gru_setup_context)
-
-
-def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if grad is None else grad
-
-
-def _present(grad: Tensor, parameter: Optional[Tensor]) -> Optional[Tensor]:
-    return None if parameter is None else grad
+for _cell in CELLS.values():
+    _register(_cell)

@@ -1,28 +1,25 @@
-"""Reference cells: the equations of SPEC.md, one time step at a time, in plain PyTorch.
+"""Reference cells: the equations of docs/math.md, one time step at a time, in plain PyTorch.
 
 These functions are the statement of the math that every fused kernel is judged against, and
 the "reference" backend of the fastrnn ops (CPU, float64, and the fallback on CUDA).
 Statistics, gate math and the cell state run in float32 (float64 for float64 inputs); the
 recurrent product and the hidden state stay in the input dtype, as in the kernels.
 
-A layer call runs ``gx`` (the input projection of every step, see ``project_input``) through
+A recurrence call (``fastrnn.cells.LSTMCall`` / ``GRUCall``: the input projection ``gx`` of
+every step, see ``project_input``, the recurrent weights, states and options) runs through
 ``lstm_sequence`` / ``gru_sequence``; masks come from a ``MaskSource``: regenerated from the
 call's seed (the backend) or replayed from a captured ``CallMasks`` (tests).
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from . import masks as M
-
-EPS = 1e-5
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .cells import (GRU, LAYER_NORM_EPS, LSTM, GRUCall, GRUSaved, LSTMCall, LSTMSaved,
+                    accumulate_dtype, cell_of)
 
 
 def normalize(v: Tensor, groups: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -30,7 +27,7 @@ def normalize(v: Tensor, groups: int) -> Tuple[Tensor, Tensor, Tensor]:
     grouped = v.reshape(*v.shape[:-1], groups, v.shape[-1] // groups)
     mean = grouped.mean(-1, keepdim=True)
     var = grouped.var(-1, unbiased=False, keepdim=True)
-    rstd = torch.rsqrt(var + EPS)
+    rstd = torch.rsqrt(var + LAYER_NORM_EPS)
     return ((grouped - mean) * rstd).reshape(v.shape), mean.squeeze(-1), rstd.squeeze(-1)
 
 
@@ -61,96 +58,94 @@ class MaskSource:
         self.seed = seed
         self.captured = captured
 
-    def hits(self, kind: int, p: float, t: int, batch: int, hidden: int) -> Optional[Tensor]:
+    def hits(self, field: str, kind: int, p: float, t: int, batch: int,
+             hidden: int) -> Optional[Tensor]:
+        """[B, H] bool hits at step t of the mask a call draws for its probability ``field``."""
         if p == 0.0:
             return None
         if self.captured is not None:
-            full = {M.ZONEOUT_CELL: self.captured.zoneout_cell,
-                    M.ZONEOUT_HIDDEN: self.captured.zoneout_hidden,
-                    M.CANDIDATE_DROPOUT: self.captured.candidate}[kind]
+            full = getattr(self.captured, field)
             return None if full is None else full[t]
         return M.step_hits(self.seed, kind, p, t, batch, hidden)
 
 
-class Regularizers(NamedTuple):
-    zoneout_cell: float = 0.0       # LSTM only
-    zoneout_hidden: float = 0.0     # the GRU's `zoneout`
-    candidate_dropout: float = 0.0
-    training: bool = False
+class StepMasks:
+    """The per-step masks one step of a call draws (none in eval mode), by call field."""
+
+    def __init__(self, call, masks: MaskSource, t: int):
+        batch, hidden = call.h0.shape
+        self.hits = {field: masks.hits(field, kind, getattr(call, field) if call.training else 0.0,
+                                       t, batch, hidden)
+                     for field, kind in cell_of(call).step_masks.items()}
+
+    def __getattr__(self, field: str) -> Optional[Tensor]:
+        try:
+            return self.__dict__["hits"][field]
+        except KeyError:
+            raise AttributeError(field) from None
 
 
-class StepProbabilities:
-    """The probabilities whose masks a step draws: none in eval mode."""
-
-    def __init__(self, reg: Regularizers):
-        on = reg.training
-        self.zoneout_cell = reg.zoneout_cell if on else 0.0
-        self.zoneout_hidden = reg.zoneout_hidden if on else 0.0
-        self.candidate = reg.candidate_dropout if on else 0.0
-
-
-def _recurrent_product(h: Tensor, w_hh: Tensor, recurrent_mask: Optional[Tensor],
-                       ln_hh_weight: Optional[Tensor], ln_groups: int, acc: torch.dtype):
+def _recurrent_product(h: Tensor, call, acc: torch.dtype):
     """W_hh (d ⊙ h), layer-normalized when γ_hh is given; returns it and the (mean, rstd) stats."""
-    h_in = h if recurrent_mask is None else h * recurrent_mask
-    hh = (h_in @ w_hh.t()).to(acc)
-    if ln_hh_weight is None:
+    h_in = h if call.recurrent_mask is None else h * call.recurrent_mask
+    hh = (h_in @ call.w_hh.t()).to(acc)
+    if call.ln_hh_weight is None:
         return hh, []
-    normalized, mean, rstd = normalize(hh, ln_groups)
-    return ln_hh_weight * normalized, [mean, rstd]
+    normalized, mean, rstd = normalize(hh, call.ln_groups)
+    return call.ln_hh_weight * normalized, [mean, rstd]
 
 
 def _candidate_scale(hits: Optional[Tensor], p: float) -> Optional[Tensor]:
     return None if hits is None else (~hits).to(torch.float32) / (1.0 - p)
 
 
-def lstm_step(gx_t, h, c, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, ln_groups,
-              recurrent_mask, reg: Regularizers, hits_c, hits_h, hits_cand):
-    """One LSTM step (SPEC §1-2). h: [B, H] in the input dtype, c: [B, H] float32/64.
+def lstm_step(call: LSTMCall, gx_t: Tensor, h: Tensor, c: Tensor, masks: StepMasks):
+    """One LSTM step. h: [B, H] in the input dtype, c: [B, H] float32/64.
 
     Returns (h_t, c_t, preact, stats): the zoned states and what the kernels save for backward.
     """
     acc = c.dtype
-    hh, stats = _recurrent_product(h, w_hh, recurrent_mask, ln_hh_weight, ln_groups, acc)
+    hh, stats = _recurrent_product(h, call, acc)
     a = gx_t.to(acc) + hh
-    if b_hh is not None:
-        a = a + b_hh
+    if call.b_hh is not None:
+        a = a + call.b_hh
     i, f, g, o = a.chunk(4, dim=-1)
     candidate = torch.tanh(g)
-    scale = _candidate_scale(hits_cand, reg.candidate_dropout)
+    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout)
     if scale is not None:
         candidate = candidate * scale.to(acc)
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * candidate
     y = c_new
-    if ln_cell_weight is not None:
+    if call.ln_cell_weight is not None:
         normalized, mean_c, rstd_c = normalize(c_new, 1)
-        y = ln_cell_weight * normalized + ln_cell_bias
+        y = call.ln_cell_weight * normalized + call.ln_cell_bias
         stats = stats + [mean_c, rstd_c]
     h_new = torch.sigmoid(o) * torch.tanh(y)
-    c_t = zoneout(c, c_new, reg.zoneout_cell, hits_c, reg.training)
-    h_t = zoneout(h.to(acc), h_new, reg.zoneout_hidden, hits_h, reg.training).to(h.dtype)
+    c_t = zoneout(c, c_new, call.zoneout_cell, masks.zoneout_cell, call.training)
+    h_t = zoneout(h.to(acc), h_new, call.zoneout_hidden, masks.zoneout_hidden,
+                  call.training).to(h.dtype)
     return h_t, c_t, a, stats
 
 
-def gru_step(gx_t, h, w_hh, b_hh, ln_hh_weight, ln_groups, recurrent_mask, reg: Regularizers,
-             hits_h, hits_cand):
+def gru_step(call: GRUCall, gx_t: Tensor, h: Tensor, masks: StepMasks):
     """One GRU step (PyTorch convention: r gates W_hn h + b_hn). Returns (h_t, preact, hidden_n, stats)."""
     acc = accumulate_dtype(h.dtype)
-    hh, stats = _recurrent_product(h, w_hh, recurrent_mask, ln_hh_weight, ln_groups, acc)
-    if b_hh is not None:
-        hh = hh + b_hh
+    hh, stats = _recurrent_product(h, call, acc)
+    if call.b_hh is not None:
+        hh = hh + call.b_hh
     gx_r, gx_z, gx_n = gx_t.to(acc).chunk(3, dim=-1)
     hh_r, hh_z, hh_n = hh.chunk(3, dim=-1)
     a_r, a_z = gx_r + hh_r, gx_z + hh_z
     r, z = torch.sigmoid(a_r), torch.sigmoid(a_z)
     a_n = gx_n + r * hh_n
     n = torch.tanh(a_n)
-    scale = _candidate_scale(hits_cand, reg.candidate_dropout)
+    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout)
     if scale is not None:
         n = n * scale.to(acc)
     h_prev = h.to(acc)
     h_new = (1.0 - z) * n + z * h_prev
-    h_t = zoneout(h_prev, h_new, reg.zoneout_hidden, hits_h, reg.training).to(h.dtype)
+    h_t = zoneout(h_prev, h_new, call.zoneout_hidden, masks.zoneout_hidden,
+                  call.training).to(h.dtype)
     return h_t, torch.cat([a_r, a_z, a_n], dim=-1), hh_n, stats
 
 
@@ -167,28 +162,20 @@ def _keep_if(active, new, old):
     return new if active is None else torch.where(active, new, old)
 
 
-def lstm_sequence(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-                  recurrent_mask, reg: Regularizers, masks: MaskSource, ln_groups: int = 1,
-                  reverse: bool = False):
-    """Runs an LSTM layer over gx [T, B, 4H].
+def lstm_sequence(call: LSTMCall, masks: MaskSource):
+    """Runs an LSTM layer over call.gx [T, B, 4H].
 
     Returns (out, h_n, c_n, preact, cell, stats) with the shapes of ``fastrnn::lstm_forward``.
     Steps t >= lengths[b] leave the state unchanged and emit zeros (their saved rows are zero).
     """
+    gx = call.gx
     steps, batch = gx.shape[0], gx.shape[1]
-    hidden = w_hh.shape[1]
-    acc = accumulate_dtype(gx.dtype)
-    h, c = h0, c0.to(acc)
+    h, c = call.h0, call.c0.to(accumulate_dtype(gx.dtype))
     outs: List[Tensor] = [None] * steps
     preacts, cells, stats = [None] * steps, [None] * steps, [None] * steps
-    p = StepProbabilities(reg)
-    for t in _time_order(steps, reverse):
-        h_t, c_t, a, step_stats = lstm_step(
-            gx[t], h, c, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, ln_groups,
-            recurrent_mask, reg, masks.hits(M.ZONEOUT_CELL, p.zoneout_cell, t, batch, hidden),
-            masks.hits(M.ZONEOUT_HIDDEN, p.zoneout_hidden, t, batch, hidden),
-            masks.hits(M.CANDIDATE_DROPOUT, p.candidate, t, batch, hidden))
-        active = _active(lengths, t)
+    for t in _time_order(steps, call.reverse):
+        h_t, c_t, a, step_stats = lstm_step(call, gx[t], h, c, StepMasks(call, masks, t))
+        active = _active(call.lengths, t)
         outs[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
         preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
         cells[t] = _keep_if(active, c_t, torch.zeros_like(c_t))
@@ -198,24 +185,19 @@ def lstm_sequence(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0
             torch.stack(stats))
 
 
-def gru_sequence(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, reg: Regularizers,
-                 masks: MaskSource, ln_groups: int = 1, reverse: bool = False):
-    """Runs a GRU layer over gx [T, B, 3H].
+def gru_sequence(call: GRUCall, masks: MaskSource):
+    """Runs a GRU layer over call.gx [T, B, 3H].
 
     Returns (out, h_n, preact, hidden_n, stats) with the shapes of ``fastrnn::gru_forward``.
     """
+    gx = call.gx
     steps, batch = gx.shape[0], gx.shape[1]
-    hidden = w_hh.shape[1]
-    h = h0
+    h = call.h0
     outs: List[Tensor] = [None] * steps
     preacts, hidden_ns, stats = [None] * steps, [None] * steps, [None] * steps
-    p = StepProbabilities(reg)
-    for t in _time_order(steps, reverse):
-        h_t, a, hh_n, step_stats = gru_step(
-            gx[t], h, w_hh, b_hh, ln_hh_weight, ln_groups, recurrent_mask, reg,
-            masks.hits(M.ZONEOUT_HIDDEN, p.zoneout_hidden, t, batch, hidden),
-            masks.hits(M.CANDIDATE_DROPOUT, p.candidate, t, batch, hidden))
-        active = _active(lengths, t)
+    for t in _time_order(steps, call.reverse):
+        h_t, a, hh_n, step_stats = gru_step(call, gx[t], h, StepMasks(call, masks, t))
+        active = _active(call.lengths, t)
         outs[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
         preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
         hidden_ns[t] = _keep_if(active, hh_n, torch.zeros_like(hh_n)).to(gx.dtype)
@@ -270,31 +252,37 @@ def previous_states(out: Tensor, initial: Tensor, lengths: Optional[Tensor], rev
 class _RecurrentGrads:
     """Accumulates dW_hh, db_hh, dγ_hh and returns dh_{t-1} through W_hh (d ⊙ h)."""
 
-    def __init__(self, w_hh, b_hh, ln_hh_weight, ln_groups, recurrent_mask, acc):
-        self.w_hh, self.ln_hh_weight, self.groups = w_hh, ln_hh_weight, ln_groups
-        self.recurrent_mask, self.acc = recurrent_mask, acc
+    def __init__(self, call, acc):
+        self.call, self.acc = call, acc
+        w_hh = call.w_hh
         self.d_w_hh = torch.zeros(w_hh.shape, dtype=acc, device=w_hh.device)
-        self.d_b_hh = None if b_hh is None else torch.zeros(b_hh.shape, dtype=acc, device=w_hh.device)
-        self.d_ln = (None if ln_hh_weight is None
-                     else torch.zeros(ln_hh_weight.shape, dtype=acc, device=w_hh.device))
+        self.d_b_hh = _zeros_like_present(call.b_hh, acc)
+        self.d_ln = _zeros_like_present(call.ln_hh_weight, acc)
 
     def step(self, d_after_bias: Tensor, h_prev: Tensor) -> Tensor:
         """d_after_bias: grad of (γ_hh N(W_hh h) or W_hh h) + b_hh; returns d h_{t-1} through it."""
-        h_in = h_prev if self.recurrent_mask is None else h_prev * self.recurrent_mask
+        call = self.call
+        h_in = h_prev if call.recurrent_mask is None else h_prev * call.recurrent_mask
         if self.d_b_hh is not None:
             self.d_b_hh += d_after_bias.sum(0)
         d_hh = d_after_bias
-        if self.ln_hh_weight is not None:
-            normalized, _, rstd = normalize((h_in @ self.w_hh.t()).to(self.acc), self.groups)
+        if call.ln_hh_weight is not None:
+            normalized, _, rstd = normalize((h_in @ call.w_hh.t()).to(self.acc), call.ln_groups)
             self.d_ln += (d_after_bias * normalized).sum(0)
-            d_hh = normalize_backward(d_after_bias * self.ln_hh_weight, normalized, rstd, self.groups)
+            d_hh = normalize_backward(d_after_bias * call.ln_hh_weight, normalized, rstd,
+                                      call.ln_groups)
         self.d_w_hh += d_hh.t() @ h_in.to(self.acc)
-        d_h_in = d_hh @ self.w_hh.to(self.acc)
-        return d_h_in if self.recurrent_mask is None else d_h_in * self.recurrent_mask
+        d_h_in = d_hh @ call.w_hh.to(self.acc)
+        return d_h_in if call.recurrent_mask is None else d_h_in * call.recurrent_mask
 
-    def results(self, like: Tensor):
+    def results(self):
+        like = self.call.w_hh
         return (_cast_or_empty(self.d_w_hh, like), _cast_or_empty(self.d_b_hh, like),
                 _cast_or_empty(self.d_ln, like))
+
+
+def _zeros_like_present(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if tensor is None else torch.zeros(tensor.shape, dtype=dtype, device=tensor.device)
 
 
 def _cast_or_empty(grad: Optional[Tensor], like: Tensor) -> Tensor:
@@ -302,44 +290,43 @@ def _cast_or_empty(grad: Optional[Tensor], like: Tensor) -> Tensor:
     return like.new_empty(0) if grad is None else grad.to(like.dtype)
 
 
-def lstm_sequence_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, w_hh, b_hh,
-                           ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-                           recurrent_mask, reg: Regularizers, masks: MaskSource, ln_groups=1,
-                           reverse=False):
-    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0)."""
+def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskSource):
+    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0) from
+    ``grads`` = (d out, d h_n, d c_n)."""
+    grad_out, grad_h_n, grad_c_n = grads
+    out, preact, cell = saved.out, saved.preact, saved.cell
     steps, batch, hidden = out.shape
     acc = accumulate_dtype(out.dtype)
-    h_prevs = previous_states(out, h0, lengths, reverse)
-    c_prevs = previous_states(cell.to(acc), c0.to(acc), lengths, reverse)
-    recurrent = _RecurrentGrads(w_hh, b_hh, ln_hh_weight, ln_groups, recurrent_mask, acc)
-    d_cell_w = None if ln_cell_weight is None else torch.zeros(hidden, dtype=acc, device=out.device)
-    d_cell_b = None if ln_cell_bias is None else torch.zeros(hidden, dtype=acc, device=out.device)
+    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse)
+    c_prevs = previous_states(cell.to(acc), call.c0.to(acc), call.lengths, call.reverse)
+    recurrent = _RecurrentGrads(call, acc)
+    d_cell_w = _zeros_like_present(call.ln_cell_weight, acc)
+    d_cell_b = _zeros_like_present(call.ln_cell_bias, acc)
     d_gx = torch.zeros(preact.shape, dtype=acc, device=out.device)
     dh, dc = grad_h_n.to(acc), grad_c_n.to(acc)
-    p = StepProbabilities(reg)
-    for t in reversed(list(_time_order(steps, reverse))):
-        hits_c = masks.hits(M.ZONEOUT_CELL, p.zoneout_cell, t, batch, hidden)
-        hits_h = masks.hits(M.ZONEOUT_HIDDEN, p.zoneout_hidden, t, batch, hidden)
-        hits_cand = masks.hits(M.CANDIDATE_DROPOUT, p.candidate, t, batch, hidden)
+    for t in reversed(list(_time_order(steps, call.reverse))):
+        step_masks = StepMasks(call, masks, t)
         h_prev, c_prev = h_prevs[t], c_prevs[t]
         i, f, g, o = preact[t].to(acc).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        scale = _candidate_scale(hits_cand, reg.candidate_dropout)
+        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout)
         candidate = g if scale is None else g * scale.to(acc)
         c_new = f * c_prev + i * candidate
         d_h_total = dh + grad_out[t].to(acc)
-        d_h_new, d_h_prev = zoneout_backward(d_h_total, reg.zoneout_hidden, hits_h, reg.training)
-        d_c_new, d_c_prev = zoneout_backward(dc, reg.zoneout_cell, hits_c, reg.training)
+        d_h_new, d_h_prev = zoneout_backward(d_h_total, call.zoneout_hidden,
+                                             step_masks.zoneout_hidden, call.training)
+        d_c_new, d_c_prev = zoneout_backward(dc, call.zoneout_cell, step_masks.zoneout_cell,
+                                             call.training)
         y = c_new
-        if ln_cell_weight is not None:
+        if call.ln_cell_weight is not None:
             normalized, _, rstd_c = normalize(c_new, 1)
-            y = ln_cell_weight * normalized + ln_cell_bias
+            y = call.ln_cell_weight * normalized + call.ln_cell_bias
         tanh_y = torch.tanh(y)
         d_o = d_h_new * tanh_y * o * (1 - o)
         d_y = d_h_new * o * (1 - tanh_y * tanh_y)
-        if ln_cell_weight is not None:
+        if call.ln_cell_weight is not None:
             d_cell_w_t, d_cell_b_t = (d_y * normalized), d_y
-            d_c_new = d_c_new + normalize_backward(d_y * ln_cell_weight, normalized, rstd_c, 1)
+            d_c_new = d_c_new + normalize_backward(d_y * call.ln_cell_weight, normalized, rstd_c, 1)
         else:
             d_c_new = d_c_new + d_y
         d_i = d_c_new * candidate * i * (1 - i)
@@ -347,7 +334,7 @@ def lstm_sequence_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, w_hh
         d_g = d_c_new * i * (1 - g * g) * (1.0 if scale is None else scale.to(acc))
         d_c_prev = d_c_prev + d_c_new * f
         d_a = torch.cat([d_i, d_f, d_g, d_o], dim=-1)
-        active = _active(lengths, t)
+        active = _active(call.lengths, t)
         if active is not None:
             d_a = torch.where(active, d_a, 0.0)
         d_gx[t] = d_a
@@ -356,45 +343,48 @@ def lstm_sequence_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, w_hh
             d_cell_w += _keep_if(active, d_cell_w_t, torch.zeros_like(d_cell_w_t)).sum(0)
             d_cell_b += _keep_if(active, d_cell_b_t, torch.zeros_like(d_cell_b_t)).sum(0)
         dh, dc = _keep_if(active, d_h_prev, dh), _keep_if(active, d_c_prev, dc)
-    d_w_hh, d_b_hh, d_ln_hh = recurrent.results(w_hh)
-    return (d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, _cast_or_empty(d_cell_w, w_hh),
-            _cast_or_empty(d_cell_b, w_hh), dh.to(h0.dtype), dc.to(c0.dtype))
+    d_w_hh, d_b_hh, d_ln_hh = recurrent.results()
+    return (d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, _cast_or_empty(d_cell_w, call.w_hh),
+            _cast_or_empty(d_cell_b, call.w_hh), dh.to(call.h0.dtype), dc.to(call.c0.dtype))
 
 
-def gru_sequence_backward(grad_out, grad_h_n, out, preact, hidden_n, w_hh, b_hh, ln_hh_weight, h0,
-                          lengths, recurrent_mask, reg: Regularizers, masks: MaskSource,
-                          ln_groups=1, reverse=False):
-    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, h0)."""
+def gru_sequence_backward(call: GRUCall, saved: GRUSaved, grads, masks: MaskSource):
+    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, h0) from ``grads`` = (d out, d h_n)."""
+    grad_out, grad_h_n = grads
+    out, preact, hidden_n = saved.out, saved.preact, saved.hidden_n
     steps, batch, hidden = out.shape
     acc = accumulate_dtype(out.dtype)
-    h_prevs = previous_states(out, h0, lengths, reverse)
-    recurrent = _RecurrentGrads(w_hh, b_hh, ln_hh_weight, ln_groups, recurrent_mask, acc)
+    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse)
+    recurrent = _RecurrentGrads(call, acc)
     d_gx = torch.zeros(preact.shape, dtype=acc, device=out.device)
     dh = grad_h_n.to(acc)
-    p = StepProbabilities(reg)
-    for t in reversed(list(_time_order(steps, reverse))):
-        hits_h = masks.hits(M.ZONEOUT_HIDDEN, p.zoneout_hidden, t, batch, hidden)
-        hits_cand = masks.hits(M.CANDIDATE_DROPOUT, p.candidate, t, batch, hidden)
+    for t in reversed(list(_time_order(steps, call.reverse))):
+        step_masks = StepMasks(call, masks, t)
         h_prev = h_prevs[t]
         a_r, a_z, a_n = preact[t].to(acc).chunk(3, dim=-1)
         r, z, tanh_n = torch.sigmoid(a_r), torch.sigmoid(a_z), torch.tanh(a_n)
-        scale = _candidate_scale(hits_cand, reg.candidate_dropout)
+        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout)
         scale = 1.0 if scale is None else scale.to(acc)
         n = tanh_n * scale
         d_h_total = dh + grad_out[t].to(acc)
-        d_h_new, d_h_prev = zoneout_backward(d_h_total, reg.zoneout_hidden, hits_h, reg.training)
+        d_h_new, d_h_prev = zoneout_backward(d_h_total, call.zoneout_hidden,
+                                             step_masks.zoneout_hidden, call.training)
         d_a_n = d_h_new * (1 - z) * scale * (1 - tanh_n * tanh_n)
         d_a_z = d_h_new * (h_prev.to(acc) - n) * z * (1 - z)
         d_a_r = d_a_n * hidden_n[t].to(acc) * r * (1 - r)
         d_h_prev = d_h_prev + d_h_new * z
         d_a = torch.cat([d_a_r, d_a_z, d_a_n], dim=-1)
         d_after_bias = torch.cat([d_a_r, d_a_z, d_a_n * r], dim=-1)
-        active = _active(lengths, t)
+        active = _active(call.lengths, t)
         if active is not None:
             d_a = torch.where(active, d_a, 0.0)
             d_after_bias = torch.where(active, d_after_bias, 0.0)
         d_gx[t] = d_a
         d_h_prev = d_h_prev + recurrent.step(d_after_bias, h_prev)
         dh = _keep_if(active, d_h_prev, dh)
-    d_w_hh, d_b_hh, d_ln_hh = recurrent.results(w_hh)
-    return d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, dh.to(h0.dtype)
+    d_w_hh, d_b_hh, d_ln_hh = recurrent.results()
+    return d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, dh.to(call.h0.dtype)
+
+
+SEQUENCES = {LSTM.name: (lstm_sequence, lstm_sequence_backward),
+             GRU.name: (gru_sequence, gru_sequence_backward)}

@@ -45,7 +45,8 @@ from fastrnn.kernels.common import (
     present_or, program_tile, recurrent_input, row_geometry, sigmoid, step_mask_index, step_order,
     store_gate_moments, store_gate_tile, store_norm_sums, store_rows, sync_tile, tanh, tile_steps,
     tiling_for, time_of_step, zoneout_weight)
-from fastrnn.ops import gru_stats_width
+from fastrnn.cells import GRU as _GRU
+gru_stats_width = _GRU.stats_width
 
 GATES = 3
 G = tl.constexpr(3)

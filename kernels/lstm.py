@@ -48,7 +48,8 @@ from fastrnn.kernels.common import (
     norm_input_grad, present_or, program_tile, recurrent_input, row_geometry, sigmoid,
     step_mask_index, step_order, store_gate_moments, store_gate_tile, store_norm_sums, store_rows,
     summed_partial, sync_tile, tanh, tile_steps, tiling_for, time_of_step, zoneout_weight)
-from fastrnn.ops import lstm_stats_width
+from fastrnn.cells import LSTM as _LSTM
+lstm_stats_width = _LSTM.stats_width
 
 GATES = 4
 G = tl.constexpr(4)

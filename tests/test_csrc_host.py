@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 from fastrnn import masks as M
 from fastrnn import reference as R
+from fastrnn.cells import GRUCall, LSTMCall
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 NVCC = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
@@ -171,9 +173,10 @@ def test_lstm_cell_matches_reference(lib):
     batch, hidden, p = 4, 6, 0.3
     gx, h, c = _random(batch, 4 * hidden, seed=1, scale=2), _random(batch, hidden, seed=2), _random(batch, hidden, seed=3)
     hits = _random(batch, hidden, seed=4) > 0.5
-    reg = R.Regularizers(candidate_dropout=p, training=True)
-    h_t, c_t, a, _ = R.lstm_step(gx, h, c, torch.zeros(4 * hidden, hidden), None, None, None, None, 1,
-                                 None, reg, None, None, hits)
+    call = LSTMCall(gx[None], torch.zeros(4 * hidden, hidden), None, None, None, None, h, c, None,
+                    None, torch.zeros((), dtype=torch.int64), 1, 0.0, 0.0, p, True, False)
+    masks = SimpleNamespace(zoneout_cell=None, zoneout_hidden=None, candidate_dropout=hits)
+    h_t, c_t, a, _ = R.lstm_step(call, gx, h, c, masks)
     a_rows = a.reshape(batch, 4, hidden).permute(0, 2, 1).reshape(-1, 4)  # (b, j) -> gates i, f, g, o
     c_cand, h_cand = _call(lib.lstm_points, _f32(a_rows), _f32(c.reshape(-1)),
                            _f32(_dropout_scales(hits, p).reshape(-1)), n=batch * hidden,
@@ -202,8 +205,10 @@ def test_gru_cell_matches_reference(lib):
     batch, hidden, p = 3, 5, 0.4
     gx, h, b_hh = _random(batch, 3 * hidden, seed=10, scale=2), _random(batch, hidden, seed=11), _random(3 * hidden, seed=12)
     hits = _random(batch, hidden, seed=13) > 0.3
-    reg = R.Regularizers(candidate_dropout=p, training=True)
-    h_t, a, hh_n, _ = R.gru_step(gx, h, torch.zeros(3 * hidden, hidden), b_hh, None, 1, None, reg, None, hits)
+    call = GRUCall(gx[None], torch.zeros(3 * hidden, hidden), b_hh, None, h, None, None,
+                   torch.zeros((), dtype=torch.int64), 1, 0.0, p, True, False)
+    masks = SimpleNamespace(zoneout_hidden=None, candidate_dropout=hits)
+    h_t, a, hh_n, _ = R.gru_step(call, gx, h, masks)
     per_unit = lambda v: v.reshape(batch, 3, hidden).permute(0, 2, 1).reshape(-1, 3)  # noqa: E731
     hh = b_hh.expand(batch, -1)
     a_out, h_out = _call(lib.gru_points, _f32(per_unit(gx)), _f32(per_unit(hh)), _f32(h.reshape(-1)),

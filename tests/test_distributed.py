@@ -3,6 +3,7 @@ batch; their averaged gradients equal the gradients of one process over the whol
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
@@ -64,7 +65,11 @@ def worker(rank, store_path, result_path):
         dist.destroy_process_group()
 
 
-def test_ddp_gradients_equal_single_process(tmp_path):
+def test_ddp_gradients_equal_single_process(tmp_path, monkeypatch):
+    # Both workers run on this machine: gloo's default interface can be one whose address the
+    # machine cannot connect to (seen in a sandbox: the rendezvous then hangs), loopback always
+    # works.  The spawned workers inherit the variable.
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
     result_path = str(tmp_path / "grads")
     workers = mp.spawn(worker, args=(str(tmp_path / "store"), result_path), nprocs=WORLD_SIZE,
                        join=False)

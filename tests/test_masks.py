@@ -7,6 +7,7 @@ import torch
 import fastrnn
 from fastrnn import masks as M
 from fastrnn import reference as R
+from fastrnn.cells import LSTMCall
 from fastrnn.functional import gru_layer, lstm_layer
 
 
@@ -80,13 +81,14 @@ def test_captured_masks_replay_through_the_reference():
     with fastrnn.capture_masks() as calls:
         out, h_n, c_n = lstm_layer(x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, **REGULARIZED)
     (call,) = calls
-    assert call.zoneout_cell.shape == call.zoneout_hidden.shape == call.candidate.shape == (5, 3, 6)
+    assert call.zoneout_cell.shape == call.zoneout_hidden.shape == call.candidate_dropout.shape == (5, 3, 6)
     assert call.zoneout_cell.dtype == torch.bool
-    assert call.recurrent.shape == (3, 6) and call.dropconnect.shape == (24, 6)
-    reg = R.Regularizers(0.3, 0.2, 0.2, True)
+    assert call.recurrent_mask.shape == (3, 6) and call.dropconnect_mask.shape == (24, 6)
     gx = R.project_input(x, w_ih, b_ih, None, 1)
-    expected = R.lstm_sequence(gx, w_hh * call.dropconnect, b_hh, None, None, None, h0, c0, lengths,
-                               call.recurrent, reg, R.MaskSource(captured=call))
+    expected = R.lstm_sequence(
+        LSTMCall(gx, w_hh * call.dropconnect_mask, b_hh, None, None, None, h0, c0, lengths,
+                 call.recurrent_mask, torch.zeros((), dtype=torch.int64), 1, 0.3, 0.2, 0.2,
+                 True, False), R.MaskSource(captured=call))
     for mine, ref in zip((out, h_n, c_n), expected):
         assert torch.allclose(mine, ref, rtol=1e-12, atol=1e-12)
 
@@ -101,4 +103,4 @@ def test_each_call_draws_fresh_masks_and_eval_draws_none():
     assert len(calls) == 2
     assert [c.direction for c in calls] == [0, 1]
     assert not torch.equal(calls[0].zoneout_hidden, calls[1].zoneout_hidden)
-    assert calls[0].zoneout_cell is None and calls[0].candidate is None
+    assert calls[0].zoneout_cell is None and calls[0].candidate_dropout is None

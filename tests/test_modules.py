@@ -212,7 +212,7 @@ def test_parameter_names_and_shapes():
 def test_default_init(cls):
     hidden, inputs = 64, 48
     module = cls(inputs, hidden, num_layers=2, layer_norm=True)
-    gates = module.gates
+    gates = module.cell.num_gates
     bound_ih = math.sqrt(6.0 / (inputs + hidden))
     for block in module.weight_ih_l0.detach().chunk(gates):
         assert block.abs().max() <= bound_ih

@@ -2,19 +2,11 @@
 import pytest
 import torch
 
-from support import Case, differentiable_names, forward_args, make_inputs
+from fastrnn import ops
+from support import case, cases, differentiable_names, make_call, make_inputs
 
-CASES = {
-    "lstm": Case(cell="lstm"),
-    "lstm_everything": Case(cell="lstm", layer_norm=True, zoneout_cell=0.3, zoneout_hidden=0.2,
-                            candidate_dropout=0.2, recurrent_dropout=0.3, lengths=[5, 2, 4]),
-    "lstm_ln_per_gate_reverse_eval": Case(cell="lstm", layer_norm=True, ln_groups=4, reverse=True,
-                                          zoneout_cell=0.3, training=False, bias=False),
-    "gru": Case(cell="gru"),
-    "gru_everything": Case(cell="gru", layer_norm=True, ln_groups=3, zoneout_hidden=0.2,
-                           candidate_dropout=0.2, recurrent_dropout=0.3, reverse=True,
-                           lengths=[1, 5, 3]),
-}
+CASES = cases(["plain", "everything", "everything_per_gate_reverse", "everything_eval",
+               "layer_norm_no_bias"])
 
 
 def _tensors(case, dtype):
@@ -25,11 +17,15 @@ def _tensors(case, dtype):
             for name, value in inputs.items()}
 
 
+def _forward_op(case):
+    return getattr(torch.ops.fastrnn, f"{case.cell}_forward")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_opcheck_forward(name):
     case = CASES[name]
-    op = torch.ops.fastrnn.lstm_forward if case.cell == "lstm" else torch.ops.fastrnn.gru_forward
-    torch.library.opcheck(op, forward_args(case, _tensors(case, torch.float64)) + ("reference",))
+    call = make_call(case, _tensors(case, torch.float64))
+    torch.library.opcheck(_forward_op(case), tuple(call) + ("reference",))
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -37,27 +33,20 @@ def test_opcheck_backward(name):
     case = CASES[name]
     t = {k: (v.detach() if isinstance(v, torch.Tensor) else v)
          for k, v in _tensors(case, torch.float64).items()}
-    args = forward_args(case, t)
-    if case.cell == "lstm":
-        out, h_n, c_n, preact, cell, stats = torch.ops.fastrnn.lstm_forward(*args, "reference")
-        grads = (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n))
-        saved = (out, preact, cell, stats)
-        op = torch.ops.fastrnn.lstm_backward
-    else:
-        out, h_n, preact, hidden_n, stats = torch.ops.fastrnn.gru_forward(*args, "reference")
-        grads = (torch.randn_like(out), torch.randn_like(h_n))
-        saved = (out, preact, hidden_n, stats)
-        op = torch.ops.fastrnn.gru_backward
-    torch.library.opcheck(op, grads + saved + args[1:] + ("reference",))
+    call = make_call(case, t)
+    outputs = ops.forward(call, "reference")
+    finals = 1 + len(case.spec.states)
+    grads = tuple(torch.randn_like(o) for o in outputs[:finals])
+    saved = (outputs[0],) + outputs[finals:]
+    op = getattr(torch.ops.fastrnn, f"{case.cell}_backward")
+    torch.library.opcheck(op, grads + saved + tuple(call)[1:] + ("reference",))
 
 
-@pytest.mark.parametrize("name", ["lstm_everything", "gru_everything"])
+@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything"])
 def test_saved_tensor_shapes(name):
     """What the forward saves: G·H pre-activations + H (cell / hidden_n) per (t, b), plus stats."""
     case = CASES[name]
-    t = _tensors(case, torch.float32)
-    op = torch.ops.fastrnn.lstm_forward if case.cell == "lstm" else torch.ops.fastrnn.gru_forward
-    outputs = op(*forward_args(case, t), "reference")
+    outputs = ops.forward(make_call(case, _tensors(case, torch.float32)), "reference")
     T, B, H, G = case.steps, case.batch, case.hidden, case.gates
     preact, middle, stats = outputs[-3:]
     assert preact.shape == (T, B, G * H) and middle.shape == (T, B, H)
@@ -65,9 +54,27 @@ def test_saved_tensor_shapes(name):
     assert stats.shape == (T, B, expected_width) and stats.dtype == torch.float32
 
 
+def test_schemas_are_the_call_fields():
+    for cell in ("lstm", "gru"):
+        c = case(cell, "plain")
+        schema = getattr(torch.ops.fastrnn, f"{cell}_forward").default._schema
+        assert [a.name for a in schema.arguments] == list(c.spec.call._fields) + ["backend"]
+        assert len(schema.returns) == len(c.spec.forward_outputs)
+
+
 def test_lstm_layer_norm_parameters_come_together():
-    case = Case(cell="lstm", layer_norm=True)
-    t = _tensors(case, torch.float64)
+    c = case("lstm", "layer_norm")
+    t = _tensors(c, torch.float64)
     t["ln_cell_bias"] = None
     with pytest.raises(ValueError, match="ln_cell_bias"):
-        torch.ops.fastrnn.lstm_forward(*forward_args(case, t), "reference")
+        ops.forward(make_call(c, t), "reference")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_double_backward_says_it_is_not_supported(cell):
+    c = case(cell, "layer_norm")
+    t = _tensors(c, torch.float64)
+    out = ops.forward(make_call(c, t), "reference")[0]
+    (grad,) = torch.autograd.grad(out.square().sum(), [t["w_hh"]], create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad.sum().backward()

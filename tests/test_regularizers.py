@@ -16,6 +16,7 @@ from torch import nn
 
 import fastrnn
 from fastrnn import reference as R
+from fastrnn.cells import GRUCall, LSTMCall
 
 LSTM_OPTIONS = dict(zoneout_cell=0.3, zoneout_hidden=0.2, recurrent_dropout=0.25,
                     candidate_dropout=0.15, dropconnect=0.35)
@@ -52,21 +53,22 @@ def replay(module, x, calls, lengths):
 
             gx = R.project_input(layer_input, p("weight_ih"), p("bias_ih"),
                                  p("ln_ih_weight"), module.ln_groups)
-            w_hh = p("weight_hh") * call.dropconnect
             zeros = x.new_zeros(batch, hidden)
+            options = dict(gx=gx, w_hh=p("weight_hh") * call.dropconnect_mask, b_hh=p("bias_hh"),
+                           ln_hh_weight=p("ln_hh_weight"), h0=zeros, lengths=lengths,
+                           recurrent_mask=call.recurrent_mask, seed=torch.zeros((), dtype=torch.int64),
+                           ln_groups=module.ln_groups, candidate_dropout=module.candidate_dropout,
+                           training=True, reverse=direction == 1)
+            masks = R.MaskSource(captured=call)
             if is_lstm:
-                reg = R.Regularizers(module.zoneout_cell, module.zoneout_hidden,
-                                     module.candidate_dropout, True)
-                out, h_n, c_n, *_ = R.lstm_sequence(
-                    gx, w_hh, p("bias_hh"), p("ln_hh_weight"), p("ln_cell_weight"),
-                    p("ln_cell_bias"), zeros, zeros, lengths, call.recurrent, reg,
-                    R.MaskSource(captured=call), module.ln_groups, reverse=direction == 1)
+                out, h_n, c_n, *_ = R.lstm_sequence(LSTMCall(
+                    ln_cell_weight=p("ln_cell_weight"), ln_cell_bias=p("ln_cell_bias"), c0=zeros,
+                    zoneout_cell=module.zoneout_cell, zoneout_hidden=module.zoneout_hidden,
+                    **options), masks)
                 finals.append((h_n, c_n))
             else:
-                reg = R.Regularizers(0.0, module.zoneout, module.candidate_dropout, True)
-                out, h_n, *_ = R.gru_sequence(
-                    gx, w_hh, p("bias_hh"), p("ln_hh_weight"), zeros, lengths, call.recurrent,
-                    reg, R.MaskSource(captured=call), module.ln_groups, reverse=direction == 1)
+                out, h_n, *_ = R.gru_sequence(GRUCall(zoneout_hidden=module.zoneout, **options),
+                                              masks)
                 finals.append((h_n,))
             outs.append(out)
         layer_input = torch.cat(outs, dim=-1)
@@ -122,11 +124,11 @@ def test_every_mask_hits_at_its_rate(cls):
     with torch.no_grad(), fastrnn.capture_masks() as calls:
         module(torch.randn(40, 32, 4))
     (call,) = calls
-    assert call.recurrent.shape == (32, 32)
-    assert_inverted_dropout(call.recurrent, module.recurrent_dropout)
-    assert call.dropconnect.shape == module.weight_hh_l0.shape
-    assert_inverted_dropout(call.dropconnect, module.dropconnect)
-    within_standard_errors(call.candidate, module.candidate_dropout)
+    assert call.recurrent_mask.shape == (32, 32)
+    assert_inverted_dropout(call.recurrent_mask, module.recurrent_dropout)
+    assert call.dropconnect_mask.shape == module.weight_hh_l0.shape
+    assert_inverted_dropout(call.dropconnect_mask, module.dropconnect)
+    within_standard_errors(call.candidate_dropout, module.candidate_dropout)
     if cls is fastrnn.LSTM:
         within_standard_errors(call.zoneout_cell, module.zoneout_cell)
         within_standard_errors(call.zoneout_hidden, module.zoneout_hidden)
@@ -195,7 +197,7 @@ def test_each_layer_and_direction_draws_its_own_masks(cls):
     with torch.no_grad(), fastrnn.capture_masks() as calls:
         module(torch.randn(6, 4, 3))
     assert sorted((c.layer, c.direction) for c in calls) == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    for field in ("zoneout_hidden", "candidate", "recurrent", "dropconnect"):
+    for field in ("zoneout_hidden", "candidate_dropout", "recurrent_mask", "dropconnect_mask"):
         masks = [getattr(c, field) for c in calls]
         for i in range(len(masks)):
             for j in range(i):

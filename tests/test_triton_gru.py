@@ -96,7 +96,7 @@ def _run_op(case, dtype=torch.float32, device="cpu"):
     t = {k: (v.to(device=device, dtype=dtype) if v is not None and v.is_floating_point()
              else (None if v is None else v.to(device)))
          for k, v in make_inputs(case, generator_seed=7).items()}
-    args = support.forward_args(case, t)
+    args = tuple(support.make_call(case, t))
     out, h_n, preact, hidden_n, stats = torch.ops.fastrnn.gru_forward(*args, "triton")
     grads = torch.ops.fastrnn.gru_backward(
         torch.randn_like(out), torch.randn_like(h_n), out, preact, hidden_n, stats, *args[1:],
@@ -130,7 +130,7 @@ def test_non_contiguous_inputs():
     case = gru_case(layer_norm=True, recurrent_dropout=0.3)
     t = {k: (v.float() if v is not None and v.is_floating_point() else v)
          for k, v in make_inputs(case).items()}
-    args = support.forward_args(case, t)
+    args = tuple(support.make_call(case, t))
     strided = list(args)
     strided[0] = args[0].transpose(0, 1).contiguous().transpose(0, 1)   # gx as [B, T, 3H] storage
     strided[1] = args[1].t().contiguous().t()                             # w_hh column-major

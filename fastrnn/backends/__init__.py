@@ -1,9 +1,9 @@
 """Backend registry: which implementation of the fastrnn ops runs a call.
 
-A backend is a module with ``lstm_forward``, ``lstm_backward``, ``gru_forward`` and
-``gru_backward`` taking the ops' arguments (without ``backend``), plus ``unavailable()`` (None, or
-the reason it cannot run here and what to install) and ``unsupported(device, dtype)`` (None,
-or why it cannot run that device/dtype).
+A backend is a module with ``forward(call)`` (a ``fastrnn.cells`` call object -> the forward
+op's results) and ``backward(call, saved, grads)`` (-> the gradients of the cell's
+differentiable fields), plus ``unavailable()`` (None, or the reason it cannot run here and what
+to install) and ``unsupported(device, dtype)`` (None, or why it cannot run that device/dtype).
 """
 from __future__ import annotations
 

@@ -18,13 +18,12 @@ from typing import Optional
 import torch
 
 from .. import masks as M
-from ..ops import gru_stats_width, lstm_stats_width
+from ..cells import CELLS, GRU, LSTM, LSTMCall
 from . import cuda_build
 from .fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
-_GATES = {"lstm": 4, "gru": 3}
 
 _extension = None
 _load_error: Optional[str] = None
@@ -81,7 +80,7 @@ class _Call:
     def __init__(self, cell: str, backward: bool, gx_like: torch.Tensor, w_hh: torch.Tensor,
                  ln_hh_weight, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
                  candidate_dropout: float, training: bool, reverse: bool):
-        gates = _GATES[cell]
+        gates = CELLS[cell].num_gates
         if ln_groups not in (1, gates):
             raise ValueError(f"ln_groups must be 1 or {gates} for the {cell.upper()}, got {ln_groups}")
         self.cell, self.backward, self.device = cell, backward, gx_like.device
@@ -149,7 +148,7 @@ def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0,
     call = _Call("lstm", False, gx, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
                  candidate_dropout, training, reverse)
     steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = lstm_stats_width(ln_hh_weight is not None, ln_groups)
+    width = LSTM.stats_width(ln_hh_weight is not None, ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     cell, stats = call.workspace(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:
@@ -202,7 +201,7 @@ def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed,
     call = _Call("gru", False, gx, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
                  training, reverse)
     steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = gru_stats_width(ln_hh_weight is not None, ln_groups)
+    width = GRU.stats_width(ln_hh_weight is not None, ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
     hidden_n, stats = gx.new_empty(steps, batch, hidden), call.workspace(steps, batch, width)
     if call.empty:
@@ -239,3 +238,15 @@ def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, l
                 d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials, scratch=call.scratch())
     d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
     return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype)
+
+
+def forward(call):
+    if isinstance(call, LSTMCall):
+        return lstm_forward(*call)
+    return gru_forward(*call)
+
+
+def backward(call, saved, grads):
+    if isinstance(call, LSTMCall):
+        return lstm_backward(*grads, *saved, *call[1:])
+    return gru_backward(*grads, *saved, *call[1:])

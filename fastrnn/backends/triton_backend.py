@@ -10,6 +10,8 @@ import os
 
 import torch
 
+from ..cells import LSTMCall
+
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -29,21 +31,15 @@ def unsupported(device, dtype):
     return None
 
 
-def lstm_forward(*args):
-    from ..kernels import lstm
-    return lstm.lstm_forward(*args)
+def forward(call):
+    from ..kernels import gru, lstm  # triton is optional: imported when a call runs
+    if isinstance(call, LSTMCall):
+        return lstm.lstm_forward(*call)
+    return gru.gru_forward(*call)
 
 
-def lstm_backward(*args):
-    from ..kernels import lstm
-    return lstm.lstm_backward(*args)
-
-
-def gru_forward(*args):
-    from ..kernels import gru
-    return gru.gru_forward(*args)
-
-
-def gru_backward(*args):
-    from ..kernels import gru
-    return gru.gru_backward(*args)
+def backward(call, saved, grads):
+    from ..kernels import gru, lstm
+    if isinstance(call, LSTMCall):
+        return lstm.lstm_backward(*grads, *saved, *call[1:])
+    return gru.gru_backward(*grads, *saved, *call[1:])
