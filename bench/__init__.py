@@ -1,1 +1,1 @@
-"""fastrnn's benchmark suite: ``python -m bench.run`` (see bench/README.md and BENCHMARKS.md)."""
+"""fastrnn's benchmark suite: ``python -m bench.run`` (bench/README.md states the protocol)."""

@@ -16,7 +16,7 @@ from .grid import Workload
 
 
 def master_parameters(workload: Workload, seed: int) -> Dict[str, torch.Tensor]:
-    """float32 CPU parameters named as in torch.nn.LSTM / GRU (SPEC §4), layer 0.
+    """float32 CPU parameters named as in torch.nn.LSTM / GRU (and fastrnn's modules), layer 0.
 
     The layer-norm gains and the cell-norm bias are perturbed away from their initial values so
     that a kernel that ignored them would show up in ``max_rel_err``.

@@ -1,10 +1,11 @@
 """What one benchmark run compares: each implementation says whether it runs here, which cells
-it implements, and prepares itself for a workload (BENCHMARKS.md "implementations").
+it implements, and prepares itself for a workload (bench/README.md, "Implementations").
 
 Names: "fastrnn-triton", "fastrnn-cuda" (the fused backends), "reference-eager" (the fastrnn
 module with backend="reference", a Python loop over time), "reference-compiled"
 (bench/compiled.py), "cudnn" (torch.nn.LSTM / GRU on CUDA; on CPU the same modules run ATen's
-CPU kernels and the row is called "torch-nn"), and the peers of bench/peers.py.
+CPU kernels and the row is called "torch-nn"), "torch-loop" (bench/loop.py: the loop a user
+writes today for a layer-norm or regularized cell), and the peers of bench/peers.py.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from .measure import Prepared, Result, Settings, peak_memory_bytes, seeded_resul
 class Measurement:
     times_ms: List[float]
     peak_mem_bytes: Optional[int]
-    result: Optional[Result]          # the seeded step compared with the float32 reference
+    result: Optional[Result]          # the seeded step compared with the float64 reference
     compile_s: Optional[float] = None
     note: Optional[str] = None
 
@@ -42,18 +43,22 @@ def fastrnn_module(workload: Workload, params: Dict[str, torch.Tensor], device: 
                    backend: str, dtype: torch.dtype) -> nn.Module:
     spec = workload.spec
     cls = fastrnn.LSTM if spec.family == "lstm" else fastrnn.GRU
-    module = cls(workload.input_size, workload.H, backend=backend, device=device, dtype=dtype,
+    # Built in float32, then cast: its initializer's QR (orthogonal W_hh) has no bfloat16 /
+    # float16 kernel, and the weights are replaced by ``params`` anyway.
+    module = cls(workload.input_size, workload.H, backend=backend, device=device,
                  **spec.options)
     module.load_state_dict(params)
-    return module.train(spec.training)
+    return module.to(dtype).train(spec.training)
 
 
-def float32_reference(workload: Workload, params, x: torch.Tensor, device: torch.device,
+def float64_reference(workload: Workload, params, x: torch.Tensor, device: torch.device,
                       seed: int) -> Result:
-    """The float32 reference step every checked row is compared with (same weights, same
-    input, same masks)."""
-    module = fastrnn_module(workload, params, device, "reference", torch.float32)
-    return seeded_result(module_prepared(module), x, workload.mode, seed)
+    """The step every compared row is measured against: the reference module in float64 on the
+    workload's float32 weights and input (exact in float64) under the same masks (the same
+    seed; fastrnn's masks depend on the seed only).  A bf16 / fp16 row's rounding of weights and
+    input is thus part of its error, as it is part of running in that dtype."""
+    module = fastrnn_module(workload, params, device, "reference", torch.float64)
+    return seeded_result(module_prepared(module), x.double(), workload.mode, seed)
 
 
 def measure_prepared(prepared: Prepared, mode: str, inputs: Sequence[torch.Tensor],
@@ -69,9 +74,6 @@ class Implementation:
     """Base: an implementation measured in this process."""
     name: str
     cells: Sequence[str] = ("ln_lstm", "gru_reg", "lstm", "gru")
-    # Computes fastrnn's math on the same parameters, so its error against the reference means
-    # something; peers with another parameter layout or another cell report None.
-    checked: bool = True
 
     def missing(self, device: torch.device) -> Optional[str]:
         """None if it can run on this machine, else why not and what to install."""
@@ -80,13 +82,18 @@ class Implementation:
     def unsupported(self, workload: Workload, device: torch.device) -> Optional[str]:
         return None
 
+    def not_compared(self, workload: Workload) -> Optional[str]:
+        """None when the row computes fastrnn's math on the same weights and masks, so that its
+        error against the float64 reference means something; else why not (the row's note)."""
+        return None
+
     def prepare(self, workload: Workload, params, device: torch.device) -> Prepared:
         raise NotImplementedError
 
     def measure(self, workload: Workload, params, inputs: Sequence[torch.Tensor],
                 settings: Settings, device: torch.device) -> Measurement:
         return measure_prepared(self.prepare(workload, params, device), workload.mode, inputs,
-                                settings, device, self.checked)
+                                settings, device, self.not_compared(workload) is None)
 
 
 class FastrnnBackend(Implementation):
@@ -117,8 +124,9 @@ class ReferenceEager(Implementation):
 
 
 class TorchNN(Implementation):
-    """torch.nn.LSTM / GRU: cuDNN on CUDA, the floor every ratio is taken against.  It runs the
-    plain cell of each workload's family (bench.suite.plan)."""
+    """torch.nn.LSTM / GRU: cuDNN on CUDA, the floor every ``ratio_vs_cudnn`` is taken against
+    (ATen's CPU kernels on CPU).  It runs the plain cell of each workload's family
+    (bench.suite.plan)."""
 
     def __init__(self, device: torch.device):
         self.name = baseline_name(device)
@@ -130,5 +138,17 @@ class TorchNN(Implementation):
         return module_prepared(module)
 
 
+# The torch.nn rows by their implementation name: what tables and plots call them, and what
+# they run.  A result document names its own in its "baseline" field.
+BASELINES = {
+    "cudnn": {"impl": "cudnn", "name": "cuDNN",
+              "what": "torch.nn.LSTM / torch.nn.GRU on CUDA, which run cuDNN"},
+    "torch-nn": {"impl": "torch-nn", "name": "torch.nn",
+                 "what": "torch.nn.LSTM / torch.nn.GRU on CPU, which run ATen's CPU kernels "
+                         "(there is no cuDNN on CPU)"},
+}
+
+
 def baseline_name(device: torch.device) -> str:
+    """The implementation name of the torch.nn rows on ``device``."""
     return "cudnn" if device.type == "cuda" else "torch-nn"

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+# Kineto (the profiler behind the CPU peak memory) prints two log lines on stderr each time a
+# profiler starts and stops; 6 is above its highest level (5), so it prints nothing.  Read once,
+# when the profiler first starts; a value the user set is kept.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+# A row whose median timed call is more than this many times its fastest is flagged as too
+# unsteady to trust: half of its calls or more ran that much slower than the machine can run
+# them (another process on the cores, a throttled clock), so the median it reports is
+# inflated.  One slow call alone (a GC pause) leaves the median, and the row, alone.
+UNSTEADY_MEDIAN_OVER_MIN = 1.25
 
 
 @dataclasses.dataclass
@@ -87,23 +100,77 @@ def time_ms(prepared: Prepared, inputs: Sequence[Tensor], mode: str, settings: S
     return times
 
 
+def unsteady(times_ms: Sequence[float]) -> bool:
+    """The calls of a row disagree too much for its median to be trusted."""
+    return bool(times_ms) and min(times_ms) > 0 and (
+        statistics.median(times_ms) / min(times_ms) > UNSTEADY_MEDIAN_OVER_MIN)
+
+
 def peak_memory_bytes(prepared: Prepared, x: Tensor, mode: str,
                       device: torch.device) -> Optional[int]:
     """Peak bytes allocated during one call above what was allocated before it (weights and
-    input sets excluded); None off CUDA, where torch keeps no such statistic."""
-    if device.type != "cuda":
+    input sets excluded), as ``peak_memory_method`` says; None on other devices or when the
+    CPU profiler recorded nothing."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step(prepared, x, mode)
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    if device.type == "cpu":
+        return cpu_peak_bytes(lambda: step(prepared, x, mode))
+    return None
+
+
+def peak_memory_method(device: torch.device) -> Optional[str]:
+    """How ``peak_memory_bytes`` measures on ``device``, in a few words for the result files."""
+    if device.type == "cuda":
+        return ("torch.cuda.max_memory_allocated during one call minus what was allocated "
+                "before it")
+    if device.type == "cpu":
+        # torch keeps no allocator statistics on CPU: see cpu_peak_bytes.
+        return ("the largest running sum of torch's CPU allocator's allocations and frees during "
+                "one call (torch.profiler, profile_memory=True); memory BLAS / oneDNN allocate "
+                "for themselves is not seen")
+    return None
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> Optional[int]:
+    """Peak of the bytes that ``fn`` holds allocated from torch's CPU allocator (the storage of
+    every CPU tensor) at any moment, counted from zero at its start.
+
+    ``fn`` runs once under torch.profiler with profile_memory=True, which records each
+    allocation and free; the peak is the largest running sum of those events in time order.
+    Frees of tensors allocated before ``fn`` are not seen, so they never lower the count (the
+    profiler does not know their size).  None if no allocation was recorded: every benchmark
+    step allocates its outputs, so the profiler did not work.
+    """
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import MEMORY_EVENT_NAME
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The memory events one by one (the FunctionEvents sum them per operator, losing their
+    # order); the device types are those torch's own profiler counts as CPU memory.
+    cpu_types = (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == MEMORY_EVENT_NAME and e.device_type() in cpu_types),
+                    key=lambda e: e.start_ns())
+    if not events:
         return None
-    synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    step(prepared, x, mode)
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - before
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()   # negative for a free
+        peak = max(peak, held)
+    return peak
 
 
 def seeded_result(prepared: Prepared, x: Tensor, mode: str, seed: int) -> Result:
-    """One step after ``torch.manual_seed(seed)``: every fastrnn implementation then draws the
-    same mask seed, so regularized cells are compared under identical masks."""
+    """One step after ``torch.manual_seed(seed)``: every fastrnn implementation, and the
+    float64 reference, then draws the same mask seed, so regularized cells are compared under
+    identical masks."""
     torch.manual_seed(seed)
     return step(prepared, x, mode)
 

@@ -1,20 +1,23 @@
-"""Result files of a run (BENCHMARKS.md "result files"): the JSON document, a markdown table and
-a PNG plot made from it, and the README's headline table.
+"""Result files of a run (bench/README.md, "Result files"): the JSON document, a markdown table
+and a PNG plot made from it, the console table, and the README's headline table.
 """
 from __future__ import annotations
 
 import collections
 import datetime
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .grid import ALL_CELLS, DTYPES, MODES, PRESETS, build_grid
+from .grid import ALL_CELLS, CELLS, DTYPES, MODES, PRESETS, build_grid
+from .implementations import BASELINES
+from .measure import UNSTEADY_MEDIAN_OVER_MIN
 
 ROW_KEY = ("impl", "cell", "B", "H", "T", "dtype", "mode")
 
@@ -38,23 +41,57 @@ def file_stem(document: dict) -> str:
     return f"{slug}-{document['date']}"
 
 
+def _same_machine_and_day(old: dict, new: dict) -> bool:
+    return all(old.get(k) == new[k] for k in ("device", "torch", "triton", "cuda", "date"))
+
+
+def _key(entry: dict) -> tuple:
+    return tuple(entry.get(k) for k in ROW_KEY)
+
+
 def merge(old: dict, new: dict) -> dict:
     """``new`` plus the rows of ``old`` it did not re-measure, when both come from the same
     device and versions: a grid too long for one session is run in parts on the same day.
     A row keeps the ratios computed within the run that measured it."""
-    if any(old.get(k) != new[k] for k in ("device", "torch", "triton", "cuda", "date")):
+    if not _same_machine_and_day(old, new):
         return new
-
-    def key(entry):
-        return tuple(entry.get(k) for k in ROW_KEY)
-
-    measured = {key(r) for r in new["rows"]} | {key(f) for f in new["failed"]}
+    measured = {_key(r) for r in new["rows"]} | {_key(f) for f in new["failed"]}
     merged = dict(new)
-    merged["rows"] = [r for r in old["rows"] if key(r) not in measured] + new["rows"]
-    merged["failed"] = [f for f in old["failed"] if key(f) not in measured] + new["failed"]
+    merged["rows"] = [r for r in old["rows"] if _key(r) not in measured] + new["rows"]
+    merged["failed"] = [f for f in old["failed"] if _key(f) not in measured] + new["failed"]
     merged["missing"] = new["missing"] + [m for m in old["missing"] if m not in new["missing"]]
     merged["runs"] = old.get("runs", []) + new["runs"]
     return merged
+
+
+# A re-measured row whose median moved by more than this factor from the same day's earlier run
+# is reported: timing noise on a quiet machine stays well inside it.
+MOVED_FACTOR = 1.5
+
+
+def moved(old: dict, new: dict, factor: float = MOVED_FACTOR) -> List[str]:
+    """The rows ``new`` re-measured whose median moved by more than ``factor`` (either way) from
+    the same row of an earlier run of the same machine and day: one of the two runs was
+    disturbed, and a merged file would otherwise show the new figure without a sign."""
+    if not _same_machine_and_day(old, new):
+        return []
+    before = {_key(r): r["ms"] for r in old["rows"] if r.get("ms")}
+    lines = []
+    for row in new["rows"]:
+        earlier = before.get(_key(row))
+        if earlier and row["ms"] and max(row["ms"] / earlier, earlier / row["ms"]) > factor:
+            lines.append(f"{row['impl']} {_label(row)}: {earlier:.3g} ms earlier today, "
+                         f"{row['ms']:.3g} ms now ({row['ms'] / earlier:.2f}×)")
+    return lines
+
+
+def existing(document: dict, out_dir: str) -> Optional[dict]:
+    """The result file ``write`` would merge ``document`` into, if there is one."""
+    path = os.path.join(out_dir, file_stem(document) + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def write(document: dict, out_dir: str, fresh: bool = False) -> Dict[str, str]:
@@ -63,9 +100,9 @@ def write(document: dict, out_dir: str, fresh: bool = False) -> Dict[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, file_stem(document))
     paths = {"json": stem + ".json", "md": stem + ".md", "png": stem + ".png"}
-    if not fresh and os.path.exists(paths["json"]):
-        with open(paths["json"]) as f:
-            document = merge(json.load(f), document)
+    previous = None if fresh else existing(document, out_dir)
+    if previous is not None:
+        document = merge(previous, document)
     with open(paths["json"], "w") as f:
         json.dump(document, f, indent=1, allow_nan=False)
         f.write("\n")
@@ -83,6 +120,46 @@ def render(json_path: str) -> None:
     plot(document, stem + ".png")
 
 
+# ----------------------------------------------------------------------------- what it says
+
+def baseline(document: dict) -> dict:
+    """The document's torch.nn rows ({impl, name, what}); files written before the field
+    existed are read by the implementation names of their rows."""
+    if document.get("baseline"):
+        return document["baseline"]
+    impls = {r["impl"] for r in document["rows"]}
+    return BASELINES["torch-nn" if "torch-nn" in impls and "cudnn" not in impls else "cudnn"]
+
+
+def _label(row: dict) -> str:
+    return f"{row['cell']} B={row['B']} H={row['H']} T={row['T']} {row['dtype']} {row['mode']}"
+
+
+def legend(document: dict) -> str:
+    """What the columns of ``rows_table`` mean for this document (markdown and console)."""
+    base = baseline(document)
+    parts = [
+        f"µs/step: the median timed call / T (warm-up excluded, input sets rotated). "
+        f"ms min / median / max: over the timed calls; ⚠ marks a row whose median is more than "
+        f"{UNSTEADY_MEDIAN_OVER_MIN}× its fastest call: at least half of its calls ran that much "
+        f"slower than the machine can (another process on the cores?), so its figures are not "
+        f"to be trusted; run it again.",
+        f"× {base['name']}: against {base['what']}, on the plain cell of the same family, "
+        f"shape, dtype and mode (ln_lstm against lstm, gru_reg against gru): the floor, with "
+        f"neither layer norm nor regularizers (`ratio_vs_cudnn` in the JSON).",
+        "× loop: against torch-loop, the loop a user writes today for a layer-norm or "
+        "regularized cell (LSTMCell / GRUCell math per step, torch.nn.LayerNorm, torch.bernoulli "
+        "masks). × eager: against the fastrnn reference's Python loop.",
+        f"peak MiB: {document.get('peak_mem') or 'what one call holds beyond weights and inputs'}.",
+        "max rel err: max |a − e| / max |e| over the outputs and, in train mode, the gradients, "
+        "against the float64 reference module run on the same weights, input and masks; "
+        "— where the row does not compute that (the note says why).",
+    ]
+    if base["impl"] != "cudnn":
+        parts.append("No GPU: these times check the harness; they are not results.")
+    return "\n".join(f"- {p}" for p in parts) + "\n"
+
+
 # ---------------------------------------------------------------------------------- markdown
 
 def _number(value: Optional[float], fmt: str, suffix: str = "") -> str:
@@ -90,7 +167,7 @@ def _number(value: Optional[float], fmt: str, suffix: str = "") -> str:
 
 
 def _mib(value: Optional[int]) -> str:
-    return "—" if value is None else f"{value / 2**20:.1f}"
+    return "—" if value is None else f"{value / 2**20:.3g}"
 
 
 def _sort_key(row: dict) -> tuple:
@@ -108,16 +185,35 @@ def _note(row: dict) -> str:
     return "; ".join(parts)
 
 
-def rows_table(rows: List[dict]) -> str:
-    header = ("| cell | mode | dtype | B | H | T | impl | ms | µs/step | × cuDNN | × eager "
-              "| peak MiB | max rel err | note |")
+def _ratio(value: Optional[float]) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.0f}×" if value >= 100 else f"{value:.3g}×"
+
+
+def _calls(row: dict) -> str:
+    """min / median / max of the timed calls in ms, ⚠ when too unsteady."""
+    if row["ms"] is None:
+        return "—"
+    low, high = row.get("ms_min"), row.get("ms_max")
+    if low is None or high is None:  # a file from before the spread was kept
+        return format(row["ms"], ".3g")
+    mark = " ⚠" if row.get("unsteady") else ""
+    return f"{low:.3g} / {row['ms']:.3g} / {high:.3g}{mark}"
+
+
+def rows_table(rows: List[dict], document: dict) -> str:
+    """The rows as a markdown table; ``document`` names the baseline of the ratio column."""
+    header = (f"| cell | mode | dtype | B | H | T | impl | µs/step | ms min / median / max "
+              f"| × {baseline(document)['name']} | × loop | × eager | peak MiB | max rel err "
+              f"| note |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in sorted(rows, key=_sort_key):
         lines.append(
             f"| {r['cell']} | {r['mode']} | {r['dtype']} | {r['B']} | {r['H']} | {r['T']} "
-            f"| {r['impl']} | {_number(r['ms'], '.3g')} | {_number(r['us_per_step'], '.3g')} "
-            f"| {_number(r['ratio_vs_cudnn'], '.2f', '×')} "
-            f"| {_number(r['ratio_vs_eager'], '.3f', '×')} | {_mib(r['peak_mem_bytes'])} "
+            f"| {r['impl']} | {_number(r['us_per_step'], '.3g')} | {_calls(r)} "
+            f"| {_ratio(r['ratio_vs_cudnn'])} | {_ratio(r.get('ratio_vs_loop'))} "
+            f"| {_ratio(r['ratio_vs_eager'])} | {_mib(r['peak_mem_bytes'])} "
             f"| {_number(r['max_rel_err'], '.1e')} | {_note(r)} |")
     return "\n".join(lines) + "\n"
 
@@ -128,12 +224,13 @@ def _header(document: dict) -> str:
 
 
 def markdown(document: dict) -> str:
-    parts = ["# fastrnn benchmark\n", _header(document),
-             "\nMedian of the timed calls (warm-up excluded, inputs rotated); × cuDNN is against "
-             "the plain torch.nn cell of the same family, shape, dtype and mode (`torch-nn` on "
-             "CPU); peak memory is what the call allocates beyond weights and inputs; max rel err "
-             "is against the float32 reference (outputs and gradients, same weights and masks).\n\n",
-             rows_table(document["rows"])]
+    parts = ["# fastrnn benchmark\n\n", _header(document), "\n", legend(document), "\n",
+             rows_table(document["rows"], document)]
+    moved_lines = [line for entry in document.get("runs", []) for line in entry.get("moved", [])]
+    if moved_lines:
+        parts.append(f"\n## Rows that moved by more than {MOVED_FACTOR}× between today's runs\n\n"
+                     "One of the two runs was disturbed; the table holds the later one.\n\n")
+        parts += [f"- {line}\n" for line in moved_lines]
     if document["missing"]:
         parts.append("\n## Not measured in this run\n\n")
         parts += [f"- {m['impl']}{' (' + m['dtype'] + ')' if m.get('dtype') else ''}: "
@@ -152,44 +249,116 @@ def headline_table(document: dict) -> str:
     rows = [r for r in document["rows"]
             if (r["cell"], r["B"], r["H"], r["T"], r["dtype"], r["mode"])
             in {(w.cell, w.B, w.H, w.T, w.dtype, w.mode) for w in wanted}]
-    return _header(document) + "\n" + rows_table(rows)
+    return _header(document) + "\n" + rows_table(rows, document)
 
 
 # -------------------------------------------------------------------------------------- plot
 
+SHAPE_AXES = ("H", "T", "B")
+UNSTEADY_LABEL = "unsteady row (⚠ in the table)"
+
+
+def plot_axis(rows: List[dict]) -> Tuple[str, Dict[str, int]]:
+    """(x axis, the other shape axes held fixed): the axis with the most distinct values (H
+    first on a tie), at the combination of the other two that has the most rows; on a tie, the
+    one nearest the middle of each axis (B=64 on the GPU grid, its headline batch)."""
+    axis = max(SHAPE_AXES, key=lambda a: (len({r[a] for r in rows}), -SHAPE_AXES.index(a)))
+    others = [a for a in SHAPE_AXES if a != axis]
+    values = {a: sorted({r[a] for r in rows}) for a in others}
+
+    def off_middle(combination):
+        return sum(abs(values[a].index(v) - (len(values[a]) - 1) / 2)
+                   for a, v in zip(others, combination))
+
+    counts = collections.Counter(tuple(r[a] for a in others) for r in rows)
+    fixed = min(counts, key=lambda c: (-counts[c], off_middle(c))) if counts else ()
+    return axis, dict(zip(others, fixed))
+
+
 def plot(document: dict, path: str) -> None:
-    """Time against H per implementation and dtype, one panel per cell and mode, log scale, at
-    the (B, T) with the most rows."""
+    """µs/step against H (or whichever shape axis the rows vary most) per implementation and
+    dtype, one panel per cell (columns) and mode (rows), log-log; bars span the fastest to the
+    slowest timed call; unsteady rows are ringed in red.  A regularized or layer-norm cell's
+    panel also draws the torch.nn plain cell it is measured against, dotted, as the floor."""
     import matplotlib
     matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from matplotlib import pyplot, ticker
 
     rows = [r for r in document["rows"] if r["ms"] is not None]
-    shapes = collections.Counter((r["B"], r["T"]) for r in rows)
-    panels = sorted({(r["cell"], r["mode"]) for r in rows},
-                    key=lambda p: (ALL_CELLS.index(p[0]), MODES.index(p[1])))
-    columns = 2
-    figure_rows = max(1, (len(panels) + 1) // columns)
-    figure, axes = pyplot.subplots(figure_rows, columns, figsize=(6 * columns, 3.6 * figure_rows),
-                                   squeeze=False)
+    base = baseline(document)
+    axis_name, fixed = plot_axis(rows)
+    rows = [r for r in rows if all(r[a] == v for a, v in fixed.items())]
+    cells = [c for c in ALL_CELLS if any(r["cell"] == c for r in rows)]
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    impls = sorted({r["impl"] for r in rows})
+    colors = {impl: pyplot.get_cmap("tab10")(i % 10) for i, impl in enumerate(impls)}
     styles = {"float32": "-", "bfloat16": "--", "float16": ":"}
-    if shapes:
-        (batch, steps), _ = shapes.most_common(1)[0]
-        for axis, (cell, mode) in zip(axes.flat, panels):
-            lines = collections.defaultdict(list)
-            for r in rows:
-                if (r["cell"], r["mode"], r["B"], r["T"]) == (cell, mode, batch, steps):
-                    lines[(r["impl"], r["dtype"])].append((r["H"], r["ms"]))
-            for (impl, dtype), points in sorted(lines.items()):
-                hs, ms = zip(*sorted(points))
-                axis.plot(hs, ms, styles[dtype], marker="o", label=f"{impl} {dtype}")
-            axis.set(title=f"{cell} {mode} (B={batch}, T={steps})", xlabel="H", ylabel="ms",
-                     xscale="log", yscale="log")
-            axis.legend(fontsize=7)
-    for axis in list(axes.flat)[len(panels):]:
-        axis.set_visible(False)
-    figure.suptitle(f"{document['device']} — torch {document['torch']} — {document['date']}",
-                    fontsize=9)
-    figure.tight_layout()
+    markers = {"float32": "o", "bfloat16": "s", "float16": "^"}
+    figure, axes = pyplot.subplots(max(1, len(modes)), max(1, len(cells)),
+                                   figsize=(4.4 * max(1, len(cells)), 3.6 * max(1, len(modes))),
+                                   squeeze=False)
+    handles = {}
+    for (m, mode), (c, cell) in itertools.product(enumerate(modes), enumerate(cells)):
+        axis = axes[m][c]
+        floor_cell = CELLS[cell].baseline
+        lines = collections.defaultdict(list)
+        for r in rows:
+            if r["mode"] != mode:
+                continue
+            if r["cell"] == cell:
+                lines[(r["impl"], r["dtype"], False)].append(r)
+            elif cell != floor_cell and r["cell"] == floor_cell and r["impl"] == base["impl"]:
+                lines[(r["impl"], r["dtype"], True)].append(r)
+        for (impl, dtype, floor), points in sorted(lines.items()):
+            points.sort(key=lambda r: r[axis_name])
+            xs = [r[axis_name] for r in points]
+            per_step = [1e3 / r["T"] for r in points]    # ms per call -> µs per step
+            ys = [r["ms"] * k for r, k in zip(points, per_step)]
+            low = [max(0.0, r["ms"] - (r.get("ms_min") or r["ms"])) * k
+                   for r, k in zip(points, per_step)]
+            high = [max(0.0, (r.get("ms_max") or r["ms"]) - r["ms"]) * k
+                    for r, k in zip(points, per_step)]
+            label = (f"{impl} plain {floor_cell} (floor)" if floor else impl) + (
+                f" {dtype}" if len({r["dtype"] for r in rows}) > 1 else "")
+            handle = axis.errorbar(xs, ys, yerr=[low, high], color=colors[impl],
+                                   linestyle=":" if floor else styles[dtype],
+                                   marker=markers[dtype], markersize=4, capsize=2,
+                                   linewidth=1.2 if floor else 1.8,
+                                   alpha=0.6 if floor else 1.0, label=label)
+            handles.setdefault(label, handle)
+            shaky = [(x, y) for x, y, r in zip(xs, ys, points) if r.get("unsteady")]
+            if shaky:
+                handles[UNSTEADY_LABEL] = axis.scatter(
+                    *zip(*shaky), s=60, facecolors="white", edgecolors="red", linewidths=1.5,
+                    marker=markers[dtype], zorder=3, label=UNSTEADY_LABEL)
+        title = f"{cell} {mode}" + (" (masks drawn)" if CELLS[cell].draws_masks else "")
+        axis.set_title(title, fontsize=10)
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        # Labels at 1, 2 and 5 of each decade, as plain numbers: a panel spanning less than a
+        # decade would otherwise show one label or none.
+        axis.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ticks = sorted({r[axis_name] for r in rows})
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
+        axis.set_xticks([], minor=True)
+        axis.grid(True, which="major", alpha=0.3)
+        axis.set_xlabel(axis_name + ("  (I = H)" if axis_name == "H" else ""), fontsize=9)
+        if c == 0:
+            axis.set_ylabel("µs per time step", fontsize=9)
+        axis.tick_params(labelsize=8)
+    held = ", ".join(f"{a}={v}" for a, v in fixed.items())
+    note = "" if base["impl"] == "cudnn" else " — no GPU: a check of the harness, not a result"
+    figure.suptitle(f"{document['device']}, torch {document['torch']}, {document['date']}: "
+                    f"time per step at {held}; bars: fastest to slowest call{note}", fontsize=10)
+    if UNSTEADY_LABEL in handles:  # last in the legend
+        handles[UNSTEADY_LABEL] = handles.pop(UNSTEADY_LABEL)
+    columns = min(len(handles), 6)
+    figure.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+                  ncol=max(1, columns), fontsize=8, frameon=False)
+    legend_rows = -(-len(handles) // max(1, columns))
+    figure.tight_layout(rect=(0, 0.015 + 0.03 * legend_rows * 2 / max(1, len(modes)), 1, 0.95))
     figure.savefig(path, dpi=110)
     pyplot.close(figure)

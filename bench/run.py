@@ -1,9 +1,11 @@
 """The benchmark's one entry point: ``python -m bench.run`` from the repository root.
 
-On a CUDA machine it runs the BENCHMARKS.md grid (``--headline`` for the headline rows only)
-and publishes bench/results/<gpu>-<date>.{json,md,png}.  Without a GPU it runs a small CPU grid
-(reference against torch.nn) into bench/cache/, which says nothing about the fused kernels.
-``--headline-table FILE`` prints the README's headline table from a result JSON.
+On a CUDA machine it runs the benchmark grid (``--headline`` for the headline rows only) and
+publishes bench/results/<gpu>-<date>.{json,md,png}.  Without a GPU it runs a small CPU grid
+(the fastrnn reference and the torch loop against torch.nn) into bench/cache/, which checks the
+harness and says nothing about the fused kernels.  bench/README.md states the protocol: grid,
+implementations, fields and targets.  ``--headline-table FILE`` prints the README's headline
+table from a result JSON.
 """
 from __future__ import annotations
 
@@ -12,14 +14,24 @@ import datetime
 import json
 import os
 import sys
+import time
 from typing import List, Optional
 
-import torch
+STARTED = time.perf_counter()
+if __name__ == "__main__":
+    # torch, triton and fastrnn take seconds to import (many more on a cold disk): say so
+    # before they start, so that a first run is not silent.
+    print("bench.run: importing torch and fastrnn ...", flush=True)
 
-from . import report
-from .grid import CELLS, DTYPES, MODES, PRESETS, build_grid
-from .measure import Settings
-from .suite import all_implementations, plan, run_jobs
+import torch  # noqa: E402  (after the line above on purpose)
+
+from . import report  # noqa: E402
+from .grid import CELLS, DTYPES, MODES, PRESETS, build_grid  # noqa: E402
+from .implementations import BASELINES, baseline_name  # noqa: E402
+from .measure import Settings, peak_memory_method  # noqa: E402
+from .suite import all_implementations, plan, progress_style, run_jobs  # noqa: E402
+
+IMPORTED = time.perf_counter()
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")   # published GPU runs only
@@ -37,7 +49,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--headline", action="store_true",
-                   help="only the headline rows of BENCHMARKS.md (and their cuDNN rows)")
+                   help="only the headline rows (B=64 H=512 T=512 bf16 train for ln_lstm and "
+                        "gru_reg; B=16 H=768 T=1024 fp16 for every cell) and their torch.nn rows")
     p.add_argument("--cells", type=_csv(str), help=f"subset of {','.join(CELLS)}")
     p.add_argument("--batch", "-B", type=_csv(int), help="batch sizes, e.g. 16,64")
     p.add_argument("--hidden", "-H", type=_csv(int), help="hidden sizes (I = H)")
@@ -58,7 +71,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--min-repeats", type=int, help="fewest timed calls per row")
     p.add_argument("--row-seconds", type=float,
                    help="stop timing a row after this long once min-repeats are done")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: a line per row instead (also when stderr is not a "
+                        "terminal)")
     p.add_argument("--headline-table", metavar="JSON",
                    help="print the README headline table of a result file and exit")
     p.add_argument("--render", metavar="JSON",
@@ -93,6 +108,7 @@ def select_implementations(args, device: torch.device):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    began = time.perf_counter()
     args = parse_args(argv)
     if args.headline_table:
         with open(args.headline_table) as f:
@@ -110,30 +126,56 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.exit(str(error))
     settings = settings_for(args, device)
     environment = report.environment(device)
+    base = BASELINES[baseline_name(device)]
     print(f"device: {environment['device']}; torch {environment['torch']}, "
-          f"triton {environment['triton']}, CUDA {environment['cuda']}")
+          f"triton {environment['triton']}, CUDA {environment['cuda']} "
+          f"(imports took {IMPORTED - STARTED:.1f} s)")
+    print(f"baseline ({base['impl']}): {base['what']}; every ratio_vs_cudnn is against it")
     if device.type != "cuda":
         print("No CUDA GPU here: the fused kernels (fastrnn-triton, fastrnn-cuda) need one. "
-              "This run times the reference against torch.nn on CPU, a check of the harness, "
-              "not a result.")
+              "This run times the fastrnn reference and the torch loop against torch.nn on "
+              "CPU, a check of the harness, not a result.")
     jobs, missing = plan(workloads, select_implementations(args, device), device)
     for entry in missing:
         dtype = f" ({entry['dtype']})" if entry.get("dtype") else ""
         print(f"missing: {entry['impl']}{dtype}: {entry['reason']}")
-    print(f"{len(workloads)} workloads, {len(jobs)} rows")
+    print(f"{len(workloads)} workloads, {len(jobs)} rows; each row warms up, times, measures "
+          f"peak memory and checks against a float64 reference (once per shape and mode)",
+          flush=True)
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    rows, failed = run_jobs(jobs, settings, device, progress=not args.no_progress)
-    document = {**environment, "rows": rows, "missing": missing, "failed": failed,
+    rows_began = time.perf_counter()
+    rows, failed = run_jobs(jobs, settings, device,
+                            progress=progress_style(not args.no_progress))
+    rows_s = time.perf_counter() - rows_began
+    document = {**environment, "baseline": base, "peak_mem": peak_memory_method(device),
+                "rows": rows, "missing": missing, "failed": failed,
                 "runs": [{"started": started, "argv": sys.argv[1:] if argv is None else argv,
                           "settings": vars(settings)}]}
     out_dir = args.out_dir or (RESULTS_DIR if device.type == "cuda" else CACHE_DIR)
+    previous = None if args.fresh else report.existing(document, out_dir)
+    moved = report.moved(previous, document) if previous is not None else []
+    document["runs"][0]["moved"] = moved
+    writing_began = time.perf_counter()
     paths = report.write(document, out_dir, fresh=args.fresh)
-    if len(rows) <= 64:
-        print(report.rows_table(rows), end="")
+    writing_s = time.perf_counter() - writing_began
+    if len(rows) <= 80:
+        print(report.rows_table(rows, document) + "\n" + report.legend(document), end="")
+    unsteady = sum(1 for r in rows if r["unsteady"])
+    if unsteady:
+        print(f"{unsteady} of {len(rows)} rows are unsteady (⚠, see above): run them again on a "
+              f"quiet machine before reading them")
+    if moved:
+        print(f"{len(moved)} rows moved by more than {report.MOVED_FACTOR}× from today's "
+              f"earlier run in {paths['json']} (one of the two runs was disturbed):")
+        for line in moved:
+            print(f"  {line}")
     for entry in failed:
         print(f"failed: {entry['impl']} {entry['cell']} B={entry['B']} H={entry['H']} "
               f"{entry['dtype']} {entry['mode']}: {entry['error'][:300]}")
     print("wrote " + ", ".join(paths.values()))
+    imports_s = IMPORTED - STARTED
+    print(f"took {imports_s + time.perf_counter() - began:.1f} s: imports {imports_s:.1f} s, "
+          f"{len(jobs)} rows {rows_s:.1f} s, result files {writing_s:.1f} s")
     return 1 if failed else 0
 
 

@@ -1,12 +1,15 @@
 """One benchmark run: which (implementation, workload) pairs run, then running them into rows.
 
 Every row of a run shares its weights and inputs with the other implementations of the same
-workload, and every checked row is compared with one float32 reference step of that workload.
+workload, and every compared row is measured against one float64 reference step of the
+workload's shape and mode (shared by its dtypes).
 """
 from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,15 +21,19 @@ from .compiled import ReferenceCompiled
 from .data import input_sets, master_parameters
 from .grid import ALL_CELLS, CELLS, DTYPES, Workload
 from .implementations import (FastrnnBackend, Implementation, ReferenceEager, TorchNN,
-                              baseline_name, float32_reference)
-from .measure import Settings, errors
+                              baseline_name, float64_reference)
+from .loop import TorchLoop
+from .measure import Settings, errors, unsteady
 from .peers import FlashRNN, Haste
+
+LOOP = TorchLoop.name
+EAGER = ReferenceEager.name
 
 
 def all_implementations(device: torch.device, compile_budget_s: float) -> List[Implementation]:
     return ([FastrnnBackend(name) for name in backends.NAMES if name != "reference"]
             + [ReferenceEager(), ReferenceCompiled(compile_budget_s), TorchNN(device),
-               FlashRNN(), Haste()])
+               TorchLoop(), FlashRNN(), Haste()])
 
 
 @dataclasses.dataclass
@@ -38,7 +45,7 @@ class Job:
 def plan(workloads: Sequence[Workload], impls: Sequence[Implementation],
          device: torch.device) -> Tuple[List[Job], List[dict]]:
     """(jobs, missing): every supported pair, plus the plain torch.nn cell of each workload's
-    family so that every ratio to cuDNN is taken within this run; ``missing`` lists each
+    family so that every ratio to it is taken within this run; ``missing`` lists each
     implementation (or implementation and dtype) that cannot run here, with the reason."""
     missing: List[dict] = []
     present = []
@@ -61,27 +68,43 @@ def plan(workloads: Sequence[Workload], impls: Sequence[Implementation],
                 jobs.setdefault((impl.name, target), Job(impl, target))
             elif not any(m["impl"] == impl.name and m.get("dtype") == target.dtype for m in missing):
                 missing.append({"impl": impl.name, "dtype": target.dtype, "reason": reason})
-    # Grouped by workload so that one float32 reference serves all rows of a group.
+    # Grouped by workload so that one float64 reference serves all rows of a group.
     order = list(jobs.values())
     order.sort(key=lambda job: _group(job.workload) + (list(DTYPES).index(job.workload.dtype),))
     return order, missing
 
 
 def _group(w: Workload) -> tuple:
-    """Workloads that share weights, inputs and the float32 reference (all but the dtype)."""
+    """Workloads that share weights, inputs and the float64 reference (all but the dtype)."""
     return (ALL_CELLS.index(w.cell), w.B, w.H, w.T, w.mode)
 
 
+PROGRESS_STYLES = ("bar", "lines", "off")
+
+
+def progress_style(bar_wanted: bool) -> str:
+    """A tqdm bar when wanted and stderr is a terminal; else one line per row on stdout (a log
+    or a pipe gets lines, not a bar's carriage returns), so that a run is never silent."""
+    return "bar" if bar_wanted and sys.stderr.isatty() else "lines"
+
+
 def run_jobs(jobs: Sequence[Job], settings: Settings, device: torch.device,
-             progress: bool = True) -> Tuple[List[dict], List[dict]]:
-    """(rows, failed): a row per job that ran; an entry with the error for each that raised."""
+             progress: str = "bar") -> Tuple[List[dict], List[dict]]:
+    """(rows, failed): a row per job that ran; an entry with the error for each that raised.
+
+    ``progress``: "bar" (tqdm), "lines" (a line per row on stdout) or "off".
+    """
+    if progress not in PROGRESS_STYLES:
+        raise ValueError(f"progress must be one of {PROGRESS_STYLES}, got {progress!r}")
     rows: List[dict] = []
     failed: List[dict] = []
     group = None
-    bar = tqdm(jobs, unit="row", disable=not progress, dynamic_ncols=True)
-    for job in bar:
+    bar = tqdm(jobs, unit="row", disable=progress != "bar", dynamic_ncols=True)
+    for index, job in enumerate(bar, 1):
         workload = job.workload
         bar.set_description(f"{job.impl.name} {workload.label()}")
+        began = time.perf_counter()
+        reference_s = None
         if _group(workload) != group:
             group = _group(workload)
             params = master_parameters(workload, settings.seed)
@@ -94,42 +117,69 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, device: torch.device,
                 "max_rel_err": None, "max_rel_err_out": None, "max_rel_err_grad": None}
             if measured.result is not None:
                 if reference is None:
-                    reference = float32_reference(workload, params, inputs32[0], device,
+                    bar.set_description(f"float64 reference {workload.label()}")
+                    reference_began = time.perf_counter()
+                    reference = float64_reference(workload, params, inputs32[0], device,
                                                   settings.seed)
+                    reference_s = time.perf_counter() - reference_began
                 accuracy = errors(measured.result, reference)
-            rows.append(_row(job.impl.name, workload, measured, accuracy))
+            note = "; ".join(n for n in (measured.note, job.impl.not_compared(workload)) if n)
+            rows.append(_row(job.impl.name, workload, measured, accuracy, note or None))
+            outcome = _timing_summary(rows[-1])
         except Exception as error:  # one broken implementation must not end the run
             failed.append({"impl": job.impl.name, **dataclasses.asdict(workload),
                            "error": f"{type(error).__name__}: {error}"[:2000]})
-            tqdm.write(f"FAILED {job.impl.name} {workload.label()}: {failed[-1]['error'][:300]}")
+            outcome = f"FAILED {failed[-1]['error'][:300]}"
+            if progress == "bar":
+                tqdm.write(f"{job.impl.name} {workload.label()}: {outcome}")
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if progress == "lines":
+            took = f"{time.perf_counter() - began:.1f} s"
+            if reference_s is not None and reference_s >= 0.05:
+                took += f", of which {reference_s:.1f} s the float64 reference"
+            counter = f"[{index:{len(str(len(jobs)))}}/{len(jobs)}]"
+            print(f"{counter} {job.impl.name} {workload.label()}: {outcome} ({took})", flush=True)
     add_ratios(rows, baseline_name(device))
     return rows, failed
 
 
-def _row(impl: str, workload: Workload, measured, accuracy: dict) -> dict:
-    ms = statistics.median(measured.times_ms) if measured.times_ms else None
+def _timing_summary(row: dict) -> str:
+    if row["ms"] is None:
+        return row["note"] or "not timed"
+    text = (f"{row['ms']:.3g} ms median, {row['ms_min']:.3g}–{row['ms_max']:.3g} "
+            f"over {row['repeats']}")
+    return text + (" (unsteady)" if row["unsteady"] else "")
+
+
+def _row(impl: str, workload: Workload, measured, accuracy: dict, note: Optional[str]) -> dict:
+    times = measured.times_ms
+    ms = statistics.median(times) if times else None
     return {"impl": impl, **dataclasses.asdict(workload),
             "ms": ms, "us_per_step": None if ms is None else ms * 1e3 / workload.T,
-            "ms_min": min(measured.times_ms) if measured.times_ms else None,
-            "repeats": len(measured.times_ms), "peak_mem_bytes": measured.peak_mem_bytes,
-            **accuracy, "ratio_vs_cudnn": None, "ratio_vs_eager": None,
-            "compile_s": measured.compile_s, "note": measured.note}
+            "ms_min": min(times) if times else None, "ms_max": max(times) if times else None,
+            "unsteady": unsteady(times),
+            "repeats": len(times), "peak_mem_bytes": measured.peak_mem_bytes,
+            **accuracy, "ratio_vs_cudnn": None, "ratio_vs_loop": None, "ratio_vs_eager": None,
+            "compile_s": measured.compile_s, "note": note}
 
 
 def add_ratios(rows: List[dict], baseline: str) -> None:
-    """ratio_vs_cudnn: against the plain torch.nn cell of the same family, shape, dtype and mode
-    (ln_lstm against lstm, gru_reg against gru); ratio_vs_eager: against reference-eager of the
-    same cell."""
+    """ratio_vs_cudnn: against ``baseline`` (the torch.nn rows: cuDNN on CUDA) of the plain cell
+    of the same family, shape, dtype and mode (ln_lstm against lstm, gru_reg against gru);
+    ratio_vs_loop: against torch-loop of the same cell, the user's alternative for a layer-norm
+    or regularized cell; ratio_vs_eager: against reference-eager of the same cell."""
     def key(row, cell):
         return (cell, row["B"], row["H"], row["T"], row["dtype"], row["mode"])
 
-    floor = {key(r, r["cell"]): r["ms"] for r in rows if r["impl"] == baseline}
-    eager = {key(r, r["cell"]): r["ms"] for r in rows if r["impl"] == "reference-eager"}
+    def times_of(impl):
+        return {key(r, r["cell"]): r["ms"] for r in rows if r["impl"] == impl}
+
+    floor, loop, eager = times_of(baseline), times_of(LOOP), times_of(EAGER)
     for row in rows:
-        base = floor.get(key(row, CELLS[row["cell"]].baseline))
-        slow = eager.get(key(row, row["cell"]))
-        row["ratio_vs_cudnn"] = row["ms"] / base if row["ms"] and base else None
-        row["ratio_vs_eager"] = row["ms"] / slow if row["ms"] and slow else None
+        for field, times, cell in (("ratio_vs_cudnn", floor, CELLS[row["cell"]].baseline),
+                                   ("ratio_vs_loop", loop, row["cell"]),
+                                   ("ratio_vs_eager", eager, row["cell"])):
+            other = times.get(key(row, cell))
+            row[field] = row["ms"] / other if row["ms"] and other else None

@@ -1,34 +1,48 @@
-"""The benchmark harness on a tiny CPU grid: result files, their schema, missing implementations,
-the accuracy column and the compile budget.  Nothing here asserts a timing."""
+"""The benchmark harness on a tiny CPU grid: result files, their schema, the baseline's name,
+missing implementations, the torch loop, the accuracy column against float64, the spread of
+the timed calls, CPU peak memory, the plot's axes, progress lines and the compile budget.
+Nothing here asserts a timing."""
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
+from torch import nn
 
 from bench import report, run, suite
 from bench.compiled import ReferenceCompiled
-from bench.grid import Workload
-from bench.implementations import ReferenceEager
-from bench.measure import Prepared, Settings
+from bench.data import input_sets, master_parameters
+from bench.grid import CELLS, PRESETS, Cell, Workload, build_grid
+from bench.implementations import ReferenceEager, TorchNN, float64_reference
+from bench.loop import TorchLoop, loop_module, loop_prepared
+from bench.measure import (UNSTEADY_MEDIAN_OVER_MIN, Prepared, Settings, cpu_peak_bytes, errors,
+                           peak_memory_bytes, seeded_result, step, unsteady)
+
+BENCH_DIR = os.path.dirname(run.__file__)
 
 TINY = ["--cells", "ln_lstm,gru_reg", "-B", "2", "-H", "8", "-T", "4", "--no-progress",
         "--repeats", "2", "--min-repeats", "1", "--warmup", "0"]
 FAST = Settings(warmup=0, min_repeats=1, max_repeats=1, input_sets=2)
 
-# BENCHMARKS.md "result files", plus the fields this suite adds.
+# The result-file schema (bench/README.md, "Result files"), plus the fields this suite adds.
 DOCUMENT_FIELDS = {"device": str, "torch": str, "triton": (str, type(None)),
                    "cuda": (str, type(None)), "date": str, "rows": list, "missing": list,
-                   "failed": list}
+                   "failed": list, "baseline": dict, "peak_mem": str}
 NUMBER = (int, float)
 MAYBE_NUMBER = (int, float, type(None))
 ROW_FIELDS = {"impl": str, "cell": str, "B": int, "H": int, "T": int, "dtype": str, "mode": str,
               "ms": MAYBE_NUMBER, "us_per_step": MAYBE_NUMBER, "peak_mem_bytes": (int, type(None)),
               "max_rel_err": MAYBE_NUMBER, "ratio_vs_cudnn": MAYBE_NUMBER,
-              "ratio_vs_eager": MAYBE_NUMBER, "compile_s": MAYBE_NUMBER, "repeats": int}
+              "ratio_vs_loop": MAYBE_NUMBER, "ratio_vs_eager": MAYBE_NUMBER,
+              "compile_s": MAYBE_NUMBER, "repeats": int, "ms_min": MAYBE_NUMBER,
+              "ms_max": MAYBE_NUMBER, "unsteady": bool, "note": (str, type(None))}
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +52,17 @@ def smoke(tmp_path_factory):
     files = sorted(os.listdir(out))
     with open(out / next(f for f in files if f.endswith(".json"))) as f:
         return code, out, files, json.load(f)
+
+
+def _rows(document, impl, cell):
+    rows = [r for r in document["rows"] if r["impl"] == impl and r["cell"] == cell]
+    assert rows, (impl, cell)
+    return rows
+
+
+def _markdown(smoke):
+    code, out, files, document = smoke
+    return open(out / next(f for f in files if f.endswith(".md"))).read()
 
 
 def test_smoke_run_writes_json_markdown_and_png(smoke):
@@ -65,22 +90,65 @@ def test_result_json_follows_the_schema(smoke):
             assert isinstance(row[field], kind), (field, row)
         assert row["ms"] > 0 and row["repeats"] >= 1
         assert row["us_per_step"] == pytest.approx(row["ms"] * 1e3 / row["T"])
-        assert row["peak_mem_bytes"] is None  # torch keeps no allocation peak on CPU
+        assert row["ms_min"] <= row["ms"] <= row["ms_max"]
+        # CPU peak memory from the profiler's allocation events: every step allocates at
+        # least its output [T, B, H].
+        assert row["peak_mem_bytes"] >= row["T"] * row["B"] * row["H"] * 4, row
+    assert "profiler" in document["peak_mem"]
 
 
-def test_every_row_has_its_ratios_and_checked_rows_their_error(smoke):
+def test_the_baseline_is_named_for_what_it_is_on_cpu(smoke, capsys):
+    document = smoke[3]
+    assert document["baseline"]["impl"] == "torch-nn"
+    assert document["baseline"]["name"] == "torch.nn" and "CPU" in document["baseline"]["what"]
+    table = _markdown(smoke)
+    assert "| × torch.nn |" in table and "cuDNN |" not in table
+    assert not any(r["impl"] == "cudnn" for r in document["rows"])
+    # The console says it too (the run's own stdout).
+    assert run.main(["--cells", "gru"] + TINY[2:] + ["--device", "cpu", "--impls", "torch-nn",
+                                                     "--out-dir", str(smoke[1] / "console")]) == 0
+    printed = capsys.readouterr().out
+    assert "baseline (torch-nn): torch.nn.LSTM / torch.nn.GRU on CPU" in printed
+    assert "| × torch.nn |" in printed and "× cuDNN" not in printed
+
+
+def test_a_gpu_document_names_cudnn_and_an_old_one_is_read_by_its_rows():
+    old_style = _document([_row("cudnn", "lstm")])          # no "baseline" field
+    assert report.baseline(old_style)["impl"] == "cudnn"
+    table = report.markdown(old_style)
+    assert "| × cuDNN |" in table and "on CUDA, which run cuDNN" in table
+    assert "not results" not in table
+
+
+def test_every_row_has_its_ratios_and_compared_rows_their_error(smoke):
     rows = smoke[3]["rows"]
     cells = {(r["impl"], r["cell"]) for r in rows}
     # The plain cells are measured for the ratios although only the regularized ones were asked.
     assert {("torch-nn", "lstm"), ("torch-nn", "gru"), ("reference-eager", "ln_lstm"),
-            ("reference-eager", "gru_reg")} <= cells
+            ("reference-eager", "gru_reg"), ("torch-loop", "ln_lstm"),
+            ("torch-loop", "gru_reg")} <= cells
     for row in rows:
         assert row["ratio_vs_cudnn"] is not None, row
-        assert row["max_rel_err"] is not None and row["max_rel_err"] < 1e-5, row
         if row["impl"] == "torch-nn":
             assert row["ratio_vs_cudnn"] == 1.0
         if row["impl"] == "reference-eager":
             assert row["ratio_vs_eager"] == 1.0
+        if row["cell"] in ("ln_lstm", "gru_reg"):
+            assert row["ratio_vs_loop"] is not None, row
+        if row["impl"] == "torch-loop" and row["cell"] == "gru_reg":
+            continue  # its masks differ: see the next test
+        # float32 against the float64 reference: a real, small, non-zero error (the float32
+        # reference is no longer compared with itself).
+        assert row["max_rel_err"] is not None and 0 < row["max_rel_err"] < 1e-4, row
+    for row in _rows(smoke[3], "torch-loop", "ln_lstm"):
+        assert row["ratio_vs_loop"] == 1.0
+
+
+def test_the_loop_with_its_own_masks_reports_no_error_and_says_why(smoke):
+    for row in _rows(smoke[3], "torch-loop", "gru_reg"):
+        assert row["max_rel_err"] is None and row["max_rel_err_out"] is None
+        assert "torch.bernoulli" in row["note"]
+    assert "torch.bernoulli, not fastrnn" in _markdown(smoke)
 
 
 def test_missing_implementations_are_listed_with_reasons(smoke):
@@ -111,18 +179,42 @@ class _WrongKernel(ReferenceEager):
 
 def test_a_wrong_kernel_shows_in_max_rel_err():
     workload = Workload("gru_reg", 2, 8, 4, "float32", "train")
-    jobs, _ = suite.plan([workload], [_WrongKernel(), ReferenceEager()], torch.device("cpu"))
-    rows, failed = suite.run_jobs(jobs, FAST, torch.device("cpu"), progress=False)
-    errors = {r["impl"]: r["max_rel_err"] for r in rows}
+    jobs, _ = suite.plan([workload], [_WrongKernel(), ReferenceEager()], CPU)
+    rows, failed = suite.run_jobs(jobs, FAST, CPU, progress="off")
+    found = {r["impl"]: r["max_rel_err"] for r in rows}
     assert not failed
-    assert errors["wrong-kernel"] > 5e-3 and errors["reference-eager"] < 1e-6
+    # The float32 reference under the float64 reference's masks: the same masks, or its error
+    # would be of order one.
+    assert found["wrong-kernel"] > 5e-3 and 0 < found["reference-eager"] < 1e-5
+
+
+def test_low_precision_rows_run_and_show_their_rounding():
+    """bfloat16 / float16 fastrnn modules are built in float32 and cast (their initializer's
+    QR has no such kernel); their error against float64 is their dtype's, not zero."""
+    workloads = [Workload("ln_lstm", 2, 16, 3, dtype, "train") for dtype in ("bfloat16", "float16")]
+    jobs, _ = suite.plan(workloads, [ReferenceEager(), TorchLoop()], CPU)
+    rows, failed = suite.run_jobs(jobs, FAST, CPU, progress="off")
+    assert not failed and len(rows) == 4
+    for row in rows:
+        assert 1e-4 < row["max_rel_err"] < 0.2, row
+
+
+def test_the_float64_reference_is_the_same_cell_in_float64():
+    workload = Workload("gru_reg", 2, 8, 4, "float32", "train")
+    params = master_parameters(workload, 0)
+    x = input_sets(workload, 1, 1, CPU)[0]
+    exact = float64_reference(workload, params, x, CPU, seed=0)
+    assert all(o.dtype == torch.float64 for o in exact.outputs)
+    assert set(exact.grads) == {"input"} | set(params)
+    # Another seed draws other masks: the reference's masks follow the seed.
+    other = float64_reference(workload, params, x, CPU, seed=1)
+    assert not torch.equal(exact.outputs[0], other.outputs[0])
 
 
 def test_a_compile_over_budget_is_a_row_that_says_so():
     workload = Workload("lstm", 2, 8, 4, "float32", "forward")
-    jobs, _ = suite.plan([workload], [ReferenceCompiled(compile_budget_s=0.01)],
-                         torch.device("cpu"))
-    rows, failed = suite.run_jobs(jobs, FAST, torch.device("cpu"), progress=False)
+    jobs, _ = suite.plan([workload], [ReferenceCompiled(compile_budget_s=0.01)], CPU)
+    rows, failed = suite.run_jobs(jobs, FAST, CPU, progress="off")
     assert not failed and len(rows) == 1
     assert rows[0]["ms"] is None and rows[0]["compile_s"] is None
     assert "budget" in rows[0]["note"]
@@ -139,6 +231,162 @@ def _row(impl, cell, **shape):
     return {"impl": impl, "cell": cell, **values, "ms": 10.0, "us_per_step": 19.5,
             "peak_mem_bytes": 1 << 20, "max_rel_err": 1e-3, "ratio_vs_cudnn": 1.5,
             "ratio_vs_eager": 0.01, "compile_s": None, "note": None}
+
+
+def test_spread_is_shown_and_unsteady_rows_are_flagged():
+    steady = dict(_row("cudnn", "lstm"), ms_min=9.8, ms=10.0, ms_max=30.0, unsteady=False)
+    shaky = dict(_row("cudnn", "gru"), ms_min=5.0, ms=10.0, ms_max=11.0, unsteady=True)
+    table = report.markdown(_document([steady, shaky]))
+    assert "| 9.8 / 10 / 30 |" in table
+    assert "| 5 / 10 / 11 ⚠ |" in table and table.count("⚠") == 2  # the row and the legend
+    assert f"{UNSTEADY_MEDIAN_OVER_MIN}×" in table
+
+
+def test_the_unsteady_rule():
+    limit = UNSTEADY_MEDIAN_OVER_MIN
+    assert not unsteady([1.0, 1.0, 1.0, 50.0])            # one slow call: the median holds
+    assert unsteady([1.0, 1.01 * limit, 1.02 * limit])   # most calls slow: it does not
+    assert not unsteady([1.0, 0.99 * limit, limit])
+    assert not unsteady([])
+
+
+def test_a_rerun_that_moved_is_reported():
+    morning = _document([_row("torch-nn", "gru"), _row("torch-nn", "lstm")])
+    later = _document([dict(_row("torch-nn", "gru"), ms=827.0), dict(_row("torch-nn", "lstm"),
+                                                                      ms=11.0)])
+    moved = report.moved(morning, later)
+    assert len(moved) == 1 and "torch-nn gru" in moved[0] and "827 ms now" in moved[0]
+    assert report.moved(morning, dict(later, date="2026-01-03")) == []
+
+
+def _allocating_step(sizes):
+    """A Prepared whose forward allocates float32 tensors of ``sizes`` elements, the first
+    freed before the others are allocated."""
+    def forward(x):
+        first = torch.empty(sizes[0])
+        del first
+        return [torch.empty(n) for n in sizes[1:]]
+    return Prepared(forward, {})
+
+
+def test_cpu_peak_memory_counts_what_a_call_holds_at_once():
+    before = [torch.empty(1 << 20)]                  # allocated before: never counted
+    def call():
+        a = torch.empty(1 << 18)                     # 1 MiB
+        b = torch.empty(1 << 19)                     # + 2 MiB = 3 MiB, the peak
+        del a
+        before.clear()                               # a free of older memory lowers nothing
+        c = torch.empty(1 << 17)                     # 2.5 MiB
+        return b, c
+    assert cpu_peak_bytes(call) == 3 << 20
+    assert cpu_peak_bytes(lambda: None) is None      # nothing recorded: unknown, not zero
+    x = torch.zeros(1)
+    # Through the harness's own step: 4 MiB at most either way round.
+    for sizes in ([1 << 20, 1 << 10], [1 << 10, 1 << 20]):
+        assert peak_memory_bytes(_allocating_step(sizes), x, "forward", CPU) == 4 << 20
+
+
+# --------------------------------------------------------------------------- the torch loop
+
+def _eval_cell(monkeypatch, family, options):
+    """A cell of ``family`` with ``options`` in eval mode: no masks, zoneout's expectation."""
+    name = f"test_{family}_eval"
+    monkeypatch.setitem(CELLS, name, Cell(family, options, training=False))
+    return name
+
+
+@pytest.mark.parametrize("cell, options", [
+    ("ln_lstm", None), ("lstm", None), ("gru", None),
+    ("lstm", {"layer_norm": True, "zoneout_cell": 0.2, "zoneout_hidden": 0.1,
+              "recurrent_dropout": 0.25}),
+    ("gru", {"layer_norm": True, "zoneout": 0.1, "recurrent_dropout": 0.25}),
+])
+def test_the_loop_computes_fastrnns_math(monkeypatch, cell, options):
+    """In float64 the loop and the fastrnn reference agree to rounding, outputs and gradients:
+    the same equations on the same weights (eval mode where the cell has regularizers)."""
+    if options is not None:
+        cell = _eval_cell(monkeypatch, cell, options)
+    workload = Workload(cell, 3, 8, 5, "float32", "train")
+    params = master_parameters(workload, 0)
+    x = input_sets(workload, 1, 1, CPU)[0].double()
+    exact = float64_reference(workload, params, x, CPU, seed=0)
+    loop = loop_module(workload, params, CPU).double()
+    found = errors(step(loop_prepared(loop, params), x, "train"), exact)
+    assert set(exact.grads) == {"input"} | set(params)
+    assert found["max_rel_err_out"] < 1e-12 and found["max_rel_err_grad"] < 1e-12, found
+
+
+def test_the_loop_is_the_users_code():
+    """torch.nn.LayerNorm modules (gain, no bias, on the gate vectors; gain and bias on the
+    cell) and masks from torch's generator, reproducible under torch.manual_seed."""
+    workload = Workload("ln_lstm", 2, 8, 3, "float32", "forward")
+    loop = loop_module(workload, master_parameters(workload, 0), CPU)
+    norms = {name: m for name, m in loop.named_modules() if isinstance(m, nn.LayerNorm)}
+    assert sorted(norms) == ["ln_cell", "ln_hh", "ln_ih"]
+    assert norms["ln_ih"].bias is None and norms["ln_ih"].normalized_shape == (32,)
+    assert norms["ln_cell"].bias is not None and norms["ln_cell"].normalized_shape == (8,)
+
+    regularized = Workload("gru_reg", 2, 8, 3, "float32", "forward")
+    prepared = TorchLoop().prepare(regularized, master_parameters(regularized, 0), CPU)
+    x = input_sets(regularized, 1, 1, CPU)[0]
+    first, again = (seeded_result(prepared, x, "forward", seed=0) for _ in range(2))
+    other = seeded_result(prepared, x, "forward", seed=1)
+    assert torch.equal(first.outputs[0], again.outputs[0])
+    assert not torch.equal(first.outputs[0], other.outputs[0])
+    assert TorchLoop().not_compared(regularized) is not None
+    assert TorchLoop().not_compared(workload) is None
+
+
+def test_the_loop_runs_the_regularized_and_layer_norm_cells_only():
+    assert set(TorchLoop.cells) == {"ln_lstm", "gru_reg"}
+    jobs, _ = suite.plan(build_grid(PRESETS["cpu"]), [TorchLoop(), TorchNN(CPU)], CPU)
+    assert {j.workload.cell for j in jobs if j.impl.name == "torch-loop"} == {"ln_lstm", "gru_reg"}
+
+
+# ------------------------------------------------------------------------- plot and progress
+
+def test_the_cpu_grid_gives_every_plotted_line_more_than_two_points():
+    workloads = build_grid(PRESETS["cpu"])
+    rows = [{"impl": "x", **w.__dict__} for w in workloads]
+    axis, fixed = report.plot_axis(rows)
+    assert axis == "H" and set(fixed) == {"T", "B"}
+    for cell in CELLS:
+        for mode in ("forward", "train"):
+            assert len({w.H for w in workloads if (w.cell, w.mode) == (cell, mode)}) > 2
+
+
+def test_the_plot_follows_the_axis_that_varies():
+    rows = [dict(_row("cudnn", "lstm"), T=t) for t in (128, 256, 512)]
+    assert report.plot_axis(rows) == ("T", {"H": 512, "B": 64})
+    # The GPU grid: H against the headline batch, B=64 (each batch has as many rows).
+    gpu = [{"impl": "x", **w.__dict__} for w in build_grid(PRESETS["gpu"])]
+    assert report.plot_axis(gpu) == ("H", {"T": 512, "B": 64})
+
+
+def test_progress_lines_say_what_each_row_did(capsys):
+    workload = Workload("lstm", 2, 8, 4, "float32", "forward")
+    jobs, _ = suite.plan([workload], [ReferenceEager(), TorchNN(CPU)], CPU)
+    suite.run_jobs(jobs, FAST, CPU, progress="lines")
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[")]
+    assert len(lines) == len(jobs) == 2
+    assert lines[0].startswith("[1/2] ") and "lstm B=2 H=8 T=4 float32 forward: " in lines[0]
+    assert " ms median" in lines[0]
+    assert suite.progress_style(False) == "lines"
+    assert suite.progress_style(True) == "lines"  # pytest's stderr is not a terminal
+
+
+def test_the_entry_point_speaks_before_its_slow_imports_and_points_inside_the_repository():
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--help"], capture_output=True,
+                          text=True, cwd=os.path.dirname(BENCH_DIR), timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.splitlines()[0].startswith("bench.run: importing torch")
+    assert "BENCHMARKS" not in done.stdout and "bench/README.md" in done.stdout
+
+
+def test_bench_refers_to_no_file_outside_the_repository():
+    for path in glob.glob(os.path.join(BENCH_DIR, "*.py")) + [os.path.join(BENCH_DIR, "README.md")]:
+        text = open(path).read()
+        assert "BENCHMARKS" not in text and "SPEC" not in text, path
 
 
 def test_headline_table_has_the_headline_rows_and_their_floor():
