@@ -1,26 +1,37 @@
-"""Helpers shared by every Triton kernel of fastrnn: activations, the mask stream, barriers.
+"""Machinery every Triton recurrence of fastrnn shares: activations, the mask stream, a program's
+place in the grid, the bounded tile barrier, the on-chip recurrent weight and its two products,
+layer-norm moments, and the exchanges between the column splits of a batch tile.
 
-The mask bits are those of ``fastrnn.masks`` (Philox4x32-10, key = seed, counter = (index,
-kind)), computed here in uint32 arithmetic so that kernels regenerate masks instead of storing
-them.
+Orientation.  A program owns ``BLOCK_B`` batch rows and ``BLOCK_U`` hidden units with every gate
+of them.  Its recurrent product is computed transposed, ``W_slice (d ⊙ h_{t-1})ᵀ``: the M
+dimension is the program's ``4·BLOCK_U`` weight rows (gate slot g, unit u; the GRU's fourth slot
+is empty), so the tensor-core instruction (wgmma, M = 64 per warpgroup) reads both operands from
+shared memory and nothing of the size of h sits in registers.  Tiles are therefore [units, rows]:
+``[4·BLOCK_U, BLOCK_B]`` stacked over gate slots, or ``[BLOCK_U, BLOCK_B]`` per gate.
+
+The weight slice is loaded once per launch in ``BLOCK_K`` chunks (a tuple, so that each chunk's
+load goes to shared memory before the next is read) and stays there for every step.
+
+Mask bits are those of ``fastrnn.masks`` (Philox4x32-10, key = seed, counter = (index, kind)),
+computed here in uint32 arithmetic; the caller passes the mask kinds.
 """
-import contextlib
-import dataclasses
-import functools
-from typing import Optional
+import os
 
-import torch
 import triton
 import triton.language as tl
-
 
 # Globals that jit functions read must be tl.constexpr instances: the compiler rejects any
 # other global (a `NAME: tl.constexpr = v` annotation is not enough; only the interpreter
 # accepts it).
 PHILOX_ROUNDS = tl.constexpr(10)
-THRESHOLD_SHIFT = tl.constexpr(8)  # 32 random bits -> the 24 that fastrnn.masks.threshold uses
-EPS = tl.constexpr(1e-5)           # layer-norm epsilon, as fastrnn.reference.EPS
+THRESHOLD_SHIFT = tl.constexpr(8)  # 32 random bits -> the 24 that mask thresholds compare
+GATE_SLOTS = tl.constexpr(4)       # rows of the product per unit: 4 gates (the GRU leaves one empty)
+# The interpreter converts float32 to bfloat16 by truncation (the GPU rounds to nearest even):
+# there ``round_to`` rounds first, so that CPU runs see the GPU's numerics.
+INTERPRETING = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
+
+# ------------------------------------------------------------------------------- activations
 
 @triton.jit
 def sigmoid(x):
@@ -34,6 +45,8 @@ def tanh(x):
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x >= 0, t, -t)
 
+
+# ------------------------------------------------------------------------------- mask stream
 
 @triton.jit
 def philox_bits(seed, kind, index):
@@ -65,29 +78,127 @@ def mask_hit(seed, kind, index, threshold):
 
 
 @triton.jit
-def grid_barrier(counter_ptr, expected):
-    """Waits until ``expected`` arrivals have been counted at ``counter_ptr``.
-
-    Each program of the group adds one and spins; the caller passes a monotonically growing
-    ``expected`` (arrivals so far, e.g. (barrier number + 1) * programs in the group) so that
-    the counter never needs resetting within a launch.  Only for co-resident programs on a GPU:
-    under TRITON_INTERPRET programs run one after another, so use it with one program per group
-    there (or the launch-per-step drivers).
-    """
-    tl.atomic_add(counter_ptr, 1, sem="release")
-    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
-    while arrived < expected:
-        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
+def step_mask_index(t, rows, units, B, H):
+    """[units, rows] element index (t·B + b)·H + j of the per-step masks (64-bit: T·B·H may
+    pass 2**31; the per-step part is 32-bit)."""
+    return (t * B).to(tl.int64) * H + (rows[None, :] * H + units[:, None])
 
 
-# ---------------------------------------------------------------------------------------------
-# Sequence geometry shared by the recurrences.  A row b is active at step t iff t < L_b; its
-# first step is t = 0 (forward) or L_b - 1 (reverse), its last t = L_b - 1 or 0.  Its state
-# before step t is the output of the previous active step of that row, or h0 on the first.
+@triton.jit
+def zoneout_weight(seed, kind, index, rate, ENABLED: tl.constexpr, TRAINING: tl.constexpr):
+    """Weight w of the previous state in s_t = w s_{t-1} + (1 - w) s~_t: the mask bit in
+    training, the expectation p in eval, 0 when the option is off.  ``rate`` = (threshold, p)."""
+    if not ENABLED:
+        return tl.zeros(index.shape, tl.float32)
+    if TRAINING:
+        return mask_hit(seed, kind, index, rate[0]).to(tl.float32)
+    return tl.zeros(index.shape, tl.float32) + rate[1]
+
+
+@triton.jit
+def dropout_scale(seed, kind, index, rate, ENABLED: tl.constexpr):
+    """Inverted-dropout factor: 0 where dropped, 1 / (1 - p) elsewhere (1 when off)."""
+    if not ENABLED:
+        return tl.full(index.shape, 1.0, tl.float32)
+    return tl.where(mask_hit(seed, kind, index, rate[0]), 0.0, 1.0 / (1.0 - rate[1]))
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr):
+    """x in ``dtype``, rounded to nearest even (as every GPU conversion does)."""
+    if INTERPRETING and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+# ------------------------------------------------------------------------- gate-slot tiles
+
+@triton.jit
+def unstack4(x):
+    """[4·U, N] (rows g·U + u) -> the four [U, N] tiles of slots g = 0..3."""
+    U: tl.constexpr = x.shape[0] // 4
+    N: tl.constexpr = x.shape[1]
+    y = tl.permute(tl.reshape(x, [2, 2, U, N]), (2, 3, 1, 0))  # [U, N, g % 2, g // 2]
+    low, high = tl.split(y)
+    s0, s1 = tl.split(low)
+    s2, s3 = tl.split(high)
+    return s0, s1, s2, s3
+
+
+@triton.jit
+def stack4(s0, s1, s2, s3):
+    """The inverse of ``unstack4``."""
+    U: tl.constexpr = s0.shape[0]
+    N: tl.constexpr = s0.shape[1]
+    y = tl.join(tl.join(s0, s1), tl.join(s2, s3))  # [U, N, g % 2, g // 2]
+    return tl.reshape(tl.permute(y, (3, 2, 0, 1)), [4 * U, N])
+
+
+# ------------------------------------------------------------------- a program's place
+
+@triton.jit
+def program_rows(B, cfg: tl.constexpr):
+    """(batch tile, its rows, rows < B)."""
+    pb = tl.program_id(0)
+    rows = pb * cfg.BLOCK_B + tl.arange(0, cfg.BLOCK_B)
+    return pb, rows, rows < B
+
+
+@triton.jit
+def program_units(H, cfg: tl.constexpr):
+    """(column split, its hidden units, units < H)."""
+    pc = tl.program_id(1)
+    units = pc * cfg.BLOCK_U + tl.arange(0, cfg.BLOCK_U)
+    return pc, units, units < H
+
+
+@triton.jit
+def slot_columns(H, cfg: tl.constexpr):
+    """Columns (in the G·H gate axis) of the program's stacked rows g·BLOCK_U + u, and which of
+    them exist (the GRU has no fourth gate; the last split may be short)."""
+    slots = tl.arange(0, GATE_SLOTS * cfg.BLOCK_U)
+    gate = slots // cfg.BLOCK_U
+    unit = tl.program_id(1) * cfg.BLOCK_U + slots % cfg.BLOCK_U
+    return gate * H + unit, (gate < cfg.GATES) & (unit < H)
+
+
+@triton.jit
+def parameter_row(io, pb, H, cfg: tl.constexpr):
+    """Batch tile pb's partial row of parameter gradients: d b_hh [G·H], d γ_hh [G·H], then the
+    cell's own (the LSTM's d γ_c, d β_c [H] each)."""
+    width = 2 * cfg.GATES * H + 2 * H * cfg.CELL_NORM
+    return io.param_grads + pb.to(tl.int64) * width
+
+
+@triton.jit
+def rows_where(rows, flag):
+    """A scalar condition as a row mask.  (The interpreter turns scalar_bool & row_mask into an
+    integer array, which tl.load rejects as a mask: combine row-shaped values only.)"""
+    return (rows * 0 + flag.to(tl.int32)) != 0
+
+
+@triton.jit
+def tile_steps(lengths_ptr, rows, row_ok):
+    """Steps a batch tile runs: its longest sequence (later steps of the tile are skipped)."""
+    return tl.max(tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32))
+
+
+@triton.jit
+def time_of_step(s, steps, REVERSE: tl.constexpr):
+    """Step t handled at loop position s of a batch tile whose longest sequence is ``steps``."""
+    if REVERSE:
+        return steps - 1 - s
+    return s
+
 
 @triton.jit
 def step_geometry(t, lengths, REVERSE: tl.constexpr):
-    """(active, first, last, previous_t) of each row at step t, for row lengths ``lengths``."""
+    """(active, first, last, previous_t) of each row at step t, for row lengths ``lengths``.
+
+    A row runs at t iff t < L_b; its first step is t = 0 (forward) or L_b - 1 (reverse); its
+    state before step t is that after ``previous_t`` (or the initial state on its first step)."""
     # Compare row-shaped values only: the interpreter turns (scalar == 0) & row_mask into an
     # integer array, which tl.load then rejects as a mask.
     t_rows = lengths * 0 + t
@@ -105,517 +216,341 @@ def step_geometry(t, lengths, REVERSE: tl.constexpr):
 
 @triton.jit
 def row_geometry(lengths_ptr, t, rows, row_ok, REVERSE: tl.constexpr):
-    """``step_geometry`` of the program's rows, their lengths read from ``lengths_ptr``."""
     lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32)
     return step_geometry(t, lengths, REVERSE)
 
 
+# --------------------------------------------------------------------- loads and stores
+# Per-unit tiles [units, rows] of a [.., B, H] slab; stacked tiles [4·U, rows] of a
+# [.., B, G·H] slab (``slot_columns``); chunks [rows, BLOCK_K] of a [.., B, H] slab.  Offsets
+# inside one step's slab are 32-bit (the host keeps every workspace under 2**31 elements).
+
 @triton.jit
-def time_of_step(s, tile_steps, REVERSE: tl.constexpr):
-    """Step t handled at loop position s of a batch tile whose longest sequence is tile_steps."""
-    if REVERSE:
-        return tile_steps - 1 - s
-    return s
+def step_slab(ptr, t, B, width):
+    """Pointer to step t of a [T, B, width] tensor (offsets within a step are 32-bit: the
+    tensors of offsets are what a time loop keeps in registers)."""
+    return ptr + (t * B).to(tl.int64) * width
 
 
 @triton.jit
-def load_rows(ptr, rows, row_ok, cols, col_ok, row_stride, other, EXCHANGED: tl.constexpr):
-    """[rows, cols] tile of a row-major matrix, as float32.  EXCHANGED marks memory written by
-    other programs of the same launch: it is read from L2 (.cg) so that no stale L1 line is seen."""
-    offsets = rows[:, None].to(tl.int64) * row_stride + cols[None, :]
-    mask = row_ok[:, None] & col_ok[None, :]
+def chunk_ok(ks, H, cfg: tl.constexpr):
+    """Which reduction indices of a chunk exist (all of them when BLOCK_K divides H)."""
+    if cfg.EVEN_K:
+        ok = ks >= 0
+    else:
+        ok = ks < H
+    return ok
+
+
+@triton.jit
+def load_units(ptr, rows, row_ok, units, unit_ok, H, EXCHANGED: tl.constexpr):
+    """[units, rows] as float32.  EXCHANGED marks memory other programs of the launch write: it
+    is read from L2 (.cg), past any stale L1 line."""
+    offsets = rows[None, :] * H + units[:, None]
+    mask = row_ok[None, :] & unit_ok[:, None]
     if EXCHANGED:
-        return tl.load(ptr + offsets, mask=mask, other=other, cache_modifier=".cg").to(tl.float32)
-    return tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
+        return tl.load(ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    return tl.load(ptr + offsets, mask=mask, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def store_rows(ptr, rows, row_ok, cols, col_ok, row_stride, value):
-    offsets = rows[:, None].to(tl.int64) * row_stride + cols[None, :]
-    tl.store(ptr + offsets, value.to(ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
-# ---------------------------------------------------------------------------------------------
-# Exchange between the column splits of a batch tile: per-row partial results go to a float32
-# buffer [B, SPLITS, SLOTS]; after ``sync_tile`` every split reads all of them.
-
-@triton.jit
-def sync_tile(counter_ptr, expected, SPLITS: tl.constexpr):
-    """Makes this program's global writes visible to the programs of its batch tile, then waits
-    for theirs.  The CTA barriers order every thread's writes around the one atomic that
-    ``grid_barrier`` issues; with one split only the CTA barrier is needed."""
-    tl.debug_barrier()
-    if SPLITS > 1:
-        grid_barrier(counter_ptr, expected)
-        tl.debug_barrier()
+def store_units(ptr, rows, row_ok, units, unit_ok, H, value):
+    offsets = rows[None, :] * H + units[:, None]
+    tl.store(ptr + offsets, round_to(value, ptr.dtype.element_ty),
+             mask=row_ok[None, :] & unit_ok[:, None])
 
 
 @triton.jit
-def store_partial(ptr, rows, row_ok, split, slot, value, SPLITS: tl.constexpr, SLOTS: tl.constexpr):
-    """Writes the per-row ``value`` [rows] of this split into ``slot``."""
-    tl.store(ptr + (rows.to(tl.int64) * SPLITS + split) * SLOTS + slot, value, mask=row_ok)
+def load_slots(ptr, rows, row_ok, cols, col_ok, width):
+    offsets = rows[None, :] * width + cols[:, None]
+    return tl.load(ptr + offsets, mask=row_ok[None, :] & col_ok[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
-def load_partials(ptr, rows, row_ok, slot, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
-                  SLOTS: tl.constexpr):
-    """[rows, SPLITS_P2] float32: ``slot`` of every split (0 past the last split)."""
-    splits = tl.arange(0, SPLITS_P2)
-    offsets = (rows[:, None].to(tl.int64) * SPLITS + splits[None, :]) * SLOTS + slot
-    mask = row_ok[:, None] & (splits[None, :] < SPLITS)
-    return tl.load(ptr + offsets, mask=mask, other=0.0, cache_modifier=".cg")
+def store_slots(ptr, rows, row_ok, cols, col_ok, width, value):
+    offsets = rows[None, :] * width + cols[:, None]
+    tl.store(ptr + offsets, round_to(value, ptr.dtype.element_ty),
+             mask=row_ok[None, :] & col_ok[:, None])
 
 
 @triton.jit
-def split_widths(hidden, BLOCK_H: tl.constexpr, SPLITS_P2: tl.constexpr):
-    """[SPLITS_P2] float32: how many of the hidden units each column split owns."""
-    starts = tl.arange(0, SPLITS_P2) * BLOCK_H
-    return tl.minimum(tl.maximum(hidden - starts, 0), BLOCK_H).to(tl.float32)
+def in_range(row_ok, cfg: tl.constexpr):
+    """The row mask a load needs: None when the batch tiles cover B exactly (EVEN_B)."""
+    if cfg.EVEN_B:
+        mask = None
+    else:
+        mask = row_ok
+    return mask
 
 
 @triton.jit
-def tile_moments(x, valid):
-    """Per-row (sum, centred sum of squares) of the valid entries of a float32 tile.
-
-    Centring on the tile's own mean before squaring keeps the variance exact when the mean is
-    large; ``merge_moments`` combines tiles without losing that (Chan et al., 1979)."""
-    count = tl.maximum(tl.sum(valid.to(tl.float32), axis=1), 1.0)
-    total = tl.sum(tl.where(valid, x, 0.0), axis=1)
-    centred = tl.where(valid, x - (total / count)[:, None], 0.0)
-    return total, tl.sum(centred * centred, axis=1)
-
-
-@triton.jit
-def merge_moments(sums, m2s, counts, total_count):
-    """Row mean and biased variance from per-chunk sums / centred squares [rows, chunks] of
-    chunks holding ``counts`` [chunks] elements (empty chunks contribute nothing)."""
-    mean = tl.sum(sums, axis=1) / total_count
-    chunk_mean = sums / tl.maximum(counts, 1.0)[None, :]
-    spread = counts[None, :] * (chunk_mean - mean[:, None]) * (chunk_mean - mean[:, None])
-    return mean, tl.sum(m2s + spread, axis=1) / total_count
-
-
-@triton.jit
-def accumulate_columns(row_ptr, cols, col_ok, value, row_ok):
-    """row_ptr[cols] += the sum over valid rows of ``value`` [rows, cols].  The float32 row
-    belongs to one program (its batch tile), so parameter-gradient partials need no atomics and
-    are summed on the host in a fixed order: deterministic."""
-    contribution = tl.sum(tl.where(row_ok[:, None], value, 0.0), axis=0)
-    current = tl.load(row_ptr + cols, mask=col_ok, other=0.0)
-    tl.store(row_ptr + cols, current + contribution, mask=col_ok)
-
-
-# ---------------------------------------------------------------------------------------------
-# Regularizers regenerated from the mask stream (kinds and indices of fastrnn.masks).
-
-@triton.jit
-def zoneout_weight(seed, kind, index, threshold, p, ENABLED: tl.constexpr, TRAINING: tl.constexpr):
-    """Weight w of the previous state in s_t = w s_{t-1} + (1 - w) s~_t: the mask bit in
-    training, the expectation p in eval, 0 when the option is off."""
-    if not ENABLED:
-        return tl.zeros(index.shape, tl.float32)
-    if TRAINING:
-        return mask_hit(seed, kind, index, threshold).to(tl.float32)
-    return tl.zeros(index.shape, tl.float32) + p
+def load_chunk(ptr, rows, row_mask, k: tl.constexpr, H, cfg: tl.constexpr,
+               EXCHANGED: tl.constexpr):
+    """Chunk k [BLOCK_K, rows] (units × rows, like every tile here) of a [B, H] slab as float32,
+    only the rows of ``row_mask`` (None: every row; see ``in_range``).  The chunk's start is
+    added to the scalar pointer, so every chunk of every [B, H] slab shares one tensor of
+    offsets, and full chunks of full tiles need no mask at all: a time loop keeps such tensors
+    in registers.  (Units × rows also keeps a per-unit vector — γ_c of a chunk — and a per-row
+    one — its statistics — at one element per thread.)"""
+    within = tl.arange(0, cfg.BLOCK_K)
+    offsets = rows[None, :] * H + within[:, None]
+    if cfg.EVEN_K:
+        if row_mask is None:
+            mask = None
+        else:
+            mask = row_mask[None, :] & (within[:, None] >= 0)
+    else:
+        k_ok = (k * cfg.BLOCK_K + within < H)[:, None]
+        if row_mask is None:
+            mask = (rows[None, :] >= 0) & k_ok
+        else:
+            mask = row_mask[None, :] & k_ok
+    other = None if mask is None else 0.0
+    if EXCHANGED:
+        chunk = tl.load(ptr + k * cfg.BLOCK_K + offsets, mask=mask, other=other,
+                        cache_modifier=".cg")
+    else:
+        chunk = tl.load(ptr + k * cfg.BLOCK_K + offsets, mask=mask, other=other)
+    return chunk.to(tl.float32)
 
 
 @triton.jit
-def dropout_scale(seed, kind, index, threshold, p, ENABLED: tl.constexpr):
-    """Inverted-dropout factor: 0 where dropped, 1 / (1 - p) elsewhere (1 when off)."""
-    if not ENABLED:
-        return tl.full(index.shape, 1.0, tl.float32)
-    return tl.where(mask_hit(seed, kind, index, threshold), 0.0, 1.0 / (1.0 - p))
+def with_first_rows(x, initial_ptr, rows, row_ok, first, k: tl.constexpr, H, cfg: tl.constexpr):
+    """Chunk x with the rows on their first step replaced by chunk k of ``initial_ptr``.  Most
+    steps have no such row: then nothing is loaded."""
+    if tl.max(first.to(tl.int32), axis=0) > 0:
+        x = select_first(first, load_chunk(initial_ptr, rows, row_ok & first, k, H, cfg, False), x)
+    return x
 
 
-# ---------------------------------------------------------------------------------------------
-# Host side: how a recurrence is cut into programs, and launch settings shared by the families.
+@triton.jit
+def clamped_step(t, T):
+    """A step index that exists (for loads whose rows are replaced where it does not)."""
+    return tl.minimum(tl.maximum(t, 0), T - 1)
 
-@dataclasses.dataclass(frozen=True)
-class Tiling:
-    """How one recurrence is cut into programs: program (pb, pc) owns ``block_b`` rows of the
-    batch and ``block_h`` hidden units (every gate of them).
 
-    ``persistent``: one launch with the time loop inside, column splits meeting at grid
-    barriers (needs every program resident, i.e. a GPU and a grid no larger than the SM count,
-    launched cooperatively (``cooperative_launch``), or a single split); otherwise one launch
-    per phase per step.  ``hoist_weights`` keeps the program's W_hh slice in registers across
-    steps (the whole reduction in one block) instead of re-reading it in ``block_k`` chunks
-    every step.
+@triton.jit
+def load_vector_chunk(ptr, k: tl.constexpr, H, cfg: tl.constexpr):
+    """Chunk k [BLOCK_K] of a [H] parameter vector."""
+    ks = k * cfg.BLOCK_K + tl.arange(0, cfg.BLOCK_K)
+    return tl.load(ptr + ks, mask=chunk_ok(ks, H, cfg), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def select_first(first, initial, carried):
+    """Per row: the initial state on its first step, else the carried one ([units, rows])."""
+    return tl.where(first[None, :], initial, carried)
+
+
+# ------------------------------------------------------------------------- tile barrier
+
+@triton.jit
+def tile_barrier(sync_ptr, pb, expected, cfg: tl.constexpr):
+    """The column splits of batch tile ``pb`` meet here; returns False when the wait was
+    abandoned.
+
+    ``sync_ptr`` -> int32 [the launch's abort flag, one arrival counter per tile]; ``expected``
+    is the number of arrivals so far (barrier count × SPLITS), so counters never need resetting.
+    Polls are relaxed atomics (served by L2, no L1 invalidation each try); one acquire after the
+    wait orders what follows.  A wait past ``cfg.SPIN_LIMIT`` polls — programs that are not
+    co-resident — raises the abort flag, which every waiting program sees, so the launch ends
+    instead of hanging and the host reports it.  With one split only the CTA barrier is needed.
     """
-    block_b: int
-    block_h: int
-    block_k: int
-    hoist_weights: bool
-    persistent: bool
-    num_warps: int = 4
-
-    def batch_tiles(self, batch: int) -> int:
-        return triton.cdiv(batch, self.block_b)
-
-    def splits(self, hidden: int) -> int:
-        return triton.cdiv(hidden, self.block_h)
-
-
-MIN_DOT_BLOCK = 16             # tl.dot needs every block dimension >= 16
-MAX_BLOCK_B = 64
-HOISTED_WEIGHT_BYTES = 64 * 1024   # W_hh slice kept in registers up to this size
-STREAMED_BLOCK_K = 64
-
-_tiling_override: dict = {}
-
-
-@contextlib.contextmanager
-def forced_tiling(**fields):
-    """Within the block every recurrence uses these Tiling fields (tests use it to run each
-    split / batch-tile / persistent variant on small shapes); derived fields follow."""
-    _tiling_override.update(fields)
-    try:
-        yield
-    finally:
-        _tiling_override.clear()
+    tl.debug_barrier()
+    ok = True
+    if cfg.SPLITS > 1:
+        counter = sync_ptr + 1 + pb
+        tl.atomic_add(counter, 1, sem="release", scope="gpu")
+        arrived = tl.atomic_add(counter, 0, sem="relaxed", scope="gpu")
+        aborted = tl.atomic_add(sync_ptr, 0, sem="relaxed", scope="gpu")
+        spins = 0
+        while (arrived < expected) & (aborted == 0) & (spins < cfg.SPIN_LIMIT):
+            arrived = tl.atomic_add(counter, 0, sem="relaxed", scope="gpu")
+            aborted = tl.atomic_add(sync_ptr, 0, sem="relaxed", scope="gpu")
+            spins += 1
+        if arrived < expected:
+            tl.atomic_xchg(sync_ptr, 1, sem="relaxed", scope="gpu")
+            ok = False
+        else:
+            tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+    return ok
 
 
-@functools.lru_cache(maxsize=256)
-def choose_tiling(batch: int, hidden: int, gates: int, elem_bytes: int,
-                  sm_count: Optional[int]) -> Tiling:
-    """Default tiling per shape.  ``sm_count`` None means the interpreter: programs run one
-    after another, so a single column split (the persistent kernel needs no barrier then).
-
-    On a GPU the grid (batch tiles x column splits) is kept within the SM count so that every
-    program of a batch tile is resident at the barriers; wider splits give each program less of
-    W_hh to stream per step.  Not tuned on hardware yet."""
-    hidden_p2 = triton.next_power_of_2(hidden)
-    block_b = min(max(triton.next_power_of_2(batch), MIN_DOT_BLOCK), MAX_BLOCK_B)
-    if sm_count is None:
-        return Tiling(block_b, max(hidden_p2, MIN_DOT_BLOCK), max(hidden_p2, MIN_DOT_BLOCK),
-                      hoist_weights=True, persistent=True)
-    batch_tiles = triton.cdiv(batch, block_b)
-    most_splits = max(1, sm_count // batch_tiles)
-    block_h = max(triton.next_power_of_2(triton.cdiv(hidden, most_splits)), MIN_DOT_BLOCK)
-    splits = triton.cdiv(hidden, block_h)
-    hoist = gates * block_h * max(hidden_p2, MIN_DOT_BLOCK) * elem_bytes <= HOISTED_WEIGHT_BYTES
-    whole = max(hidden_p2, MIN_DOT_BLOCK)
-    block_k = whole if hoist else min(whole, STREAMED_BLOCK_K)
-    return Tiling(block_b, block_h, block_k, hoist_weights=hoist,
-                  persistent=batch_tiles * splits <= sm_count, num_warps=8 if hoist else 4)
-
-
-def tiling_for(batch: int, hidden: int, gates: int, dtype: torch.dtype,
-               device: torch.device) -> Tiling:
-    """The tiling of a call: ``choose_tiling``, then any ``forced_tiling`` fields.  A forced
-    hoist or block_h resizes block_k to match; a persistent kernel with several splits is only
-    allowed where the programs run concurrently (not under the interpreter)."""
-    sm_count = (torch.cuda.get_device_properties(device).multi_processor_count
-                if device.type == "cuda" else None)
-    tiling = choose_tiling(batch, hidden, gates, torch.finfo(dtype).bits // 8, sm_count)
-    if not _tiling_override:
-        return tiling
-    tiling = dataclasses.replace(tiling, **_tiling_override)
-    if tiling.hoist_weights:
-        tiling = dataclasses.replace(
-            tiling, block_k=max(triton.next_power_of_2(hidden), MIN_DOT_BLOCK))
-    if sm_count is None and tiling.splits(hidden) > 1 and tiling.persistent:
-        raise ValueError("a persistent kernel with several column splits deadlocks under "
-                         "TRITON_INTERPRET (programs run one after another)")
-    return tiling
-
-
-def dot_settings(dtype: torch.dtype, device: torch.device):
-    """(operand dtype, input_precision) of the recurrent tl.dot products.
-
-    float32 uses TF32 iff torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls.
-    The interpreter's tl.dot mis-multiplies bfloat16 (numpy has no bfloat16), so there the
-    bfloat16 operands are widened to float32: the same products, accumulated in float32."""
-    operand = {torch.float32: tl.float32, torch.float16: tl.float16,
-               torch.bfloat16: tl.bfloat16}[dtype]
-    if device.type != "cuda" and dtype == torch.bfloat16:
-        operand = tl.float32
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    precision = "tf32" if tf32 else "ieee"
-    return operand, precision
-
-
-_poison = False
-
-
-@contextlib.contextmanager
-def poisoned_outputs():
-    """Tests: outputs are allocated NaN-filled instead of uninitialised, so that a position a
-    kernel forgets to write shows up."""
-    global _poison
-    _poison = True
-    try:
-        yield
-    finally:
-        _poison = False
-
-
-def new_output(*shape, dtype, device) -> torch.Tensor:
-    if _poison:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def present_or(tensor: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
-    """The pointer argument of an optional tensor: the tensor, or ``placeholder`` where it is
-    absent (a constexpr tells the kernel not to read it)."""
-    return placeholder if tensor is None else tensor.contiguous()
-
-
-def lengths_or_full(lengths: Optional[torch.Tensor], steps: int, batch: int,
-                    device: torch.device) -> torch.Tensor:
-    """Row lengths for the kernels, which always read them: all ``steps`` when None."""
-    if lengths is None:
-        return torch.full((batch,), steps, dtype=torch.int64, device=device)
-    return lengths.contiguous()
-
-
-def step_order(steps: int, descending: bool) -> range:
-    """The steps t in the order the per-step drivers launch them."""
-    return range(steps - 1, -1, -1) if descending else range(steps)
-
-
-def exchange_buffer(batch: int, splits: int, slots: int, device: torch.device) -> torch.Tensor:
-    """[B, splits, slots] float32 per-row partials exchanged between the column splits."""
-    return torch.zeros(batch, splits, slots, dtype=torch.float32, device=device)
-
-
-def barrier_counters(tiling: Tiling, batch: int, device: torch.device) -> torch.Tensor:
-    """One ``grid_barrier`` counter per batch tile."""
-    return torch.zeros(tiling.batch_tiles(batch), dtype=torch.int32, device=device)
-
-
-def launch_options(tiling: Tiling, hidden: int, dtype: torch.dtype, device: torch.device,
-                   ln_groups: int, layer_norm: bool, recurrent_mask: Optional[torch.Tensor],
-                   candidate_dropout: float, training: bool, reverse: bool) -> dict:
-    """Constexpr options (and num_warps, num_stages) that every LSTM and GRU kernel of a call
-    takes.  num_stages=1: on sm_90 the dot operands (the hoisted W_hh tiles, the [rows, H]
-    recurrent input) are staged in shared memory, and the default software pipelining keeps
-    2-3 copies of each: at B=64, H=256 bf16 the backward asked for 548 KiB (2 stages: 292 KiB)
-    of the 227 KiB an SM has, so the launch fails; unpipelined it needs 96 KiB."""
-    splits = tiling.splits(hidden)
-    dot_dtype, precision = dot_settings(dtype, device)
-    return dict(
-        GROUPS=ln_groups, HAS_RMASK=recurrent_mask is not None, LAYER_NORM=layer_norm,
-        CANDIDATE=bool(training) and candidate_dropout > 0, TRAINING=bool(training),
-        REVERSE=bool(reverse), HOIST=tiling.hoist_weights, SPLITS=splits,
-        SPLITS_P2=triton.next_power_of_2(splits), BLOCK_B=tiling.block_b,
-        BLOCK_H=tiling.block_h, BLOCK_K=tiling.block_k, DOT_DTYPE=dot_dtype,
-        PRECISION=precision, num_warps=tiling.num_warps, num_stages=1)
-
-
-def cooperative_launch(splits: int) -> dict:
-    """Launch option of a persistent kernel.  With several column splits its programs spin at
-    grid barriers, so all of them must be resident at once.  A grid within the SM count does
-    not guarantee that: SMs may be held by kernels of other streams (NCCL, the other direction's
-    persistent kernel), and two barrier kernels sharing the GPU can each wait for programs the
-    other keeps from being scheduled.  A cooperative launch makes CUDA guarantee co-residency,
-    or fail the launch (too large a grid for the kernel's registers / shared memory) instead of
-    hanging.  The interpreter ignores the option."""
-    return dict(launch_cooperative_grid=splits > 1)
-
-
-# ---------------------------------------------------------------------------------------------
-# A program's place in the (batch tiles, column splits) grid, and what a step reads there.
+# --------------------------------------------------------------------- recurrent weight
 
 @triton.jit
-def program_tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    """(pb, pc, rows, row_ok, units, unit_ok): the batch rows and hidden units this program owns."""
-    pb = tl.program_id(0)
-    pc = tl.program_id(1)
-    rows = pb * BLOCK_B + tl.arange(0, BLOCK_B)
-    units = pc * BLOCK_H + tl.arange(0, BLOCK_H)
-    return pb, pc, rows, rows < B, units, units < H
+def weight_chunk(w_ptr, cols, col_ok, k: tl.constexpr, H, cfg: tl.constexpr):
+    """Chunk k [4·BLOCK_U, BLOCK_K] of the program's rows of W_hh [G·H, H]."""
+    ks = k * cfg.BLOCK_K + tl.arange(0, cfg.BLOCK_K)
+    offsets = cols[:, None] * H + ks[None, :]
+    mask = col_ok[:, None] & chunk_ok(ks, H, cfg)[None, :]
+    return tl.load(w_ptr + offsets, mask=mask, other=0.0).to(cfg.DOT_DTYPE)
 
 
 @triton.jit
-def tile_steps(lengths_ptr, rows, row_ok):
-    """Steps a batch tile runs: its longest sequence (later steps of the tile are skipped)."""
-    return tl.max(tl.load(lengths_ptr + rows, mask=row_ok, other=0).to(tl.int32))
+def hoisted_weights(w_ptr, cols, col_ok, H, cfg: tl.constexpr):
+    """The program's W_hh rows as NUM_K chunks kept on chip for the whole launch (HOIST), or an
+    empty tuple (then each product reads its chunk from memory)."""
+    chunks = ()
+    if cfg.HOIST:
+        for k in tl.static_range(cfg.NUM_K):
+            chunks = chunks + (weight_chunk(w_ptr, cols, col_ok, k, H, cfg),)
+    return chunks
 
 
 @triton.jit
-def step_mask_index(t, rows, units, B, H):
-    """Element index (t·B + b)·H + j of the per-step masks (zoneout, candidate dropout)."""
-    return (rows[:, None].to(tl.int64) + t * B) * H + units[None, :]
+def weight_chunk_of(chunks, w_ptr, cols, col_ok, k: tl.constexpr, H, cfg: tl.constexpr):
+    if cfg.HOIST:
+        return chunks[k]
+    return weight_chunk(w_ptr, cols, col_ok, k, H, cfg)
 
 
 @triton.jit
-def load_previous(out_ptr, init_ptr, previous_t, rows, row_ok, active, first, cols, col_ok, B, H,
-                  EXCHANGED: tl.constexpr):
-    """The state [rows, cols] a row read at step t, as float32: ``out`` [T, B, H] at its
-    previous step, or ``init`` [B, H] on its first step (``first`` from step_geometry)."""
-    carried = load_rows(out_ptr + (previous_t * B).to(tl.int64) * H, rows,
-                        row_ok & active & (first == 0), cols, col_ok, H, 0.0, EXCHANGED)
-    initial = load_rows(init_ptr, rows, row_ok & first, cols, col_ok, H, 0.0, False)
-    return tl.where(first[:, None], initial, carried)
+def empty_product(cfg: tl.constexpr):
+    return tl.zeros([GATE_SLOTS * cfg.BLOCK_U, cfg.BLOCK_B], tl.float32)
 
 
 @triton.jit
-def gate_tile(ptr, t, gate, rows, row_ok, units, unit_ok, B, H, GATES: tl.constexpr,
-              EXCHANGED: tl.constexpr):
-    """Gate ``gate`` of the program's units at step t of a [T, B, GATES·H] tensor, as float32."""
-    return load_rows(ptr + (t * B).to(tl.int64) * GATES * H, rows, row_ok, gate * H + units,
-                     unit_ok, GATES * H, 0.0, EXCHANGED)
+def add_chunk_product(acc, chunks, w_ptr, cols, col_ok, k: tl.constexpr, x, H, cfg: tl.constexpr):
+    """acc + W_slice[:, chunk k] · x for the input chunk x [BLOCK_K, rows]: the recurrent
+    product [4·BLOCK_U, rows] is accumulated chunk by chunk, each chunk used as soon as it is
+    made (bounded register live ranges)."""
+    return tl.dot(weight_chunk_of(chunks, w_ptr, cols, col_ok, k, H, cfg), x.to(cfg.DOT_DTYPE),
+                  acc, input_precision=cfg.PRECISION)
 
 
 @triton.jit
-def store_gate_tile(ptr, t, gate, rows, row_ok, units, unit_ok, B, H, value, GATES: tl.constexpr):
-    store_rows(ptr + (t * B).to(tl.int64) * GATES * H, rows, row_ok, gate * H + units, unit_ok,
-               GATES * H, value)
+def publish_transposed_product(chunks, w_ptr, cols, col_ok, d_hh, partials_ptr, pb, pc, rows,
+                               row_ok, B, H, cfg: tl.constexpr):
+    """This split's share of W_hhᵀ d_hh for every hidden unit of its rows: chunk k of
+    W_sliceᵀ [BLOCK_K, 4·BLOCK_U] · d_hh [4·BLOCK_U, rows], written where the split owning
+    each unit reads it (``reduce_transposed_product``): partials [SPLITS (owner), SPLITS
+    (writer), B, BLOCK_U] float32."""
+    d_dot = d_hh.to(cfg.DOT_DTYPE)
+    within = tl.arange(0, cfg.BLOCK_K)
+    for k in tl.static_range(cfg.NUM_K):
+        share = tl.dot(tl.trans(weight_chunk_of(chunks, w_ptr, cols, col_ok, k, H, cfg)), d_dot,
+                       input_precision=cfg.PRECISION)
+        if cfg.BLOCK_K % cfg.BLOCK_U == 0:
+            # Unit k·BLOCK_K + j belongs to split k·BLOCK_K / BLOCK_U + j // BLOCK_U: the
+            # offsets of j are the same for every chunk, whose start goes into the pointer.
+            start = partials_ptr + (k * cfg.BLOCK_K // cfg.BLOCK_U) * cfg.SPLITS * B * cfg.BLOCK_U
+            unit = within
+        else:
+            start = partials_ptr
+            unit = k * cfg.BLOCK_K + within
+        offsets = ((unit[:, None] // cfg.BLOCK_U * cfg.SPLITS + pc) * B + rows[None, :]) \
+            * cfg.BLOCK_U + unit[:, None] % cfg.BLOCK_U
+        tl.store(start + offsets, share,
+                 mask=chunk_ok(k * cfg.BLOCK_K + within, H, cfg)[:, None] & row_ok[None, :])
 
 
 @triton.jit
-def weight_tile(w_ptr, gate, ks, k_ok, units, unit_ok, H, TRANSPOSED: tl.constexpr,
-                DOT_DTYPE: tl.constexpr):
-    """[k, unit] tile of gate ``gate``'s block of W_hh: W[gate·H + unit, k] (TRANSPOSED, the
-    forward product) or W[gate·H + k, unit] (the backward product)."""
-    base = w_ptr + gate * H * H
-    if TRANSPOSED:
-        offsets = units[None, :] * H + ks[:, None]
+def reduce_transposed_product(partials_ptr, pc, rows, row_ok, B, cfg: tl.constexpr):
+    """[BLOCK_U, rows]: the sum over every split of its share for this split's units, read as
+    one contiguous block per writer and summed in a fixed order (deterministic)."""
+    acc = tl.zeros([cfg.BLOCK_U, cfg.BLOCK_B], tl.float32)
+    units = tl.arange(0, cfg.BLOCK_U)
+    for writer in range(0, cfg.SPLITS):
+        offsets = ((pc * cfg.SPLITS + writer) * B + rows[None, :]) * cfg.BLOCK_U + units[:, None]
+        acc += tl.load(partials_ptr + offsets, mask=row_ok[None, :], other=0.0,
+                       cache_modifier=".cg")
+    return acc
+
+
+# ------------------------------------------------------------- exchanges between splits
+# Per-row values each split publishes for the others of its batch tile: [rows, SLOTS, SPLITS_P2]
+# float32 (rows padded to whole batch tiles, the splits to a power of two, zero-filled), so that
+# a reader loads one slot of every split as one contiguous block per row, unmasked, and keeps
+# only that block in registers.
+
+@triton.jit
+def publish_row_values(ptr, pc, rows, row_ok, values, SLOTS: tl.constexpr, cfg: tl.constexpr):
+    """Stores the tuple ``values`` of [rows] tensors in slots 0, 1, ... of this split."""
+    base = rows * (SLOTS * cfg.SPLITS_P2) + pc
+    for j in tl.static_range(len(values)):
+        tl.store(ptr + base + j * cfg.SPLITS_P2, values[j], mask=row_ok)
+
+
+@triton.jit
+def read_slot(ptr, rows, j: tl.constexpr, SLOTS: tl.constexpr, cfg: tl.constexpr):
+    """[rows, SPLITS_P2] float32: slot j of every split (0 past the last split)."""
+    splits = tl.arange(0, cfg.SPLITS_P2)
+    return tl.load(ptr + (rows[:, None] * SLOTS + j) * cfg.SPLITS_P2 + splits[None, :],
+                   cache_modifier=".cg")
+
+
+@triton.jit
+def split_sum(ptr, rows, j: tl.constexpr, SLOTS: tl.constexpr, cfg: tl.constexpr):
+    """[rows]: slot j summed over the splits, in a fixed order (every split gets the same)."""
+    return tl.sum(read_slot(ptr, rows, j, SLOTS, cfg), axis=1)
+
+
+# ---------------------------------------------------------------------------- layer norm
+# Statistics of W_hh h over groups of gates: per gate (GROUPS = GATES) or over all G·H units
+# (GROUPS = 1).  Each split publishes, per row and group, the count, sum and centred sum of
+# squares of its columns; readers merge them exactly (Chan et al.): M2 = Σ m2_s + n_s (mean_s
+# − mean)².  Every split merges the same values in the same order, so all agree bit for bit.
+
+@triton.jit
+def gate_valid(unit_ok, row_ok, gate: tl.constexpr, cfg: tl.constexpr):
+    return unit_ok[:, None] & row_ok[None, :] & (gate < cfg.GATES)
+
+
+@triton.jit
+def column_moments(x, valid):
+    """Per-row (count, sum, centred sum of squares) of the valid entries of a [units, rows]
+    tile, centred on the tile's own mean so the variance stays exact when the mean is large."""
+    count = tl.sum(valid.to(tl.float32), axis=0)
+    total = tl.sum(tl.where(valid, x, 0.0), axis=0)
+    centred = tl.where(valid, x - (total / tl.maximum(count, 1.0))[None, :], 0.0)
+    return count, total, tl.sum(centred * centred, axis=0)
+
+
+@triton.jit
+def group_moments(gates, unit_ok, row_ok, group: tl.constexpr, cfg: tl.constexpr):
+    """(count, sum, m2) per row of this split's columns of layer-norm group ``group``."""
+    if cfg.GROUPS == 1:
+        count = tl.zeros([cfg.BLOCK_B], tl.float32)
+        total = count
+        for gate in tl.static_range(cfg.GATES):
+            valid = gate_valid(unit_ok, row_ok, gate, cfg)
+            count += tl.sum(valid.to(tl.float32), axis=0)
+            total += tl.sum(tl.where(valid, gates[gate], 0.0), axis=0)
+        mean = total / tl.maximum(count, 1.0)
+        m2 = tl.zeros([cfg.BLOCK_B], tl.float32)
+        for gate in tl.static_range(cfg.GATES):
+            centred = tl.where(gate_valid(unit_ok, row_ok, gate, cfg),
+                               gates[gate] - mean[None, :], 0.0)
+            m2 += tl.sum(centred * centred, axis=0)
+        moments = (count, total, m2)
     else:
-        offsets = ks[:, None] * H + units[None, :]
-    return tl.load(base + offsets, mask=k_ok[:, None] & unit_ok[None, :], other=0.0).to(DOT_DTYPE)
+        moments = column_moments(gates[group], gate_valid(unit_ok, row_ok, group, cfg))
+    return moments
 
 
 @triton.jit
-def add_gate_product(acc, a, hoisted, w_ptr, gate, ks, k_ok, units, unit_ok, H,
-                     HOIST: tl.constexpr, TRANSPOSED: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                     PRECISION: tl.constexpr):
-    """acc + a @ (gate ``gate``'s W_hh tile at chunk ks): the ``hoisted`` tile when HOIST (the
-    whole reduction in one chunk), else the tile read now (see ``weight_tile``)."""
-    if HOIST:
-        tile = hoisted
-    else:
-        tile = weight_tile(w_ptr, gate, ks, k_ok, units, unit_ok, H, TRANSPOSED, DOT_DTYPE)
-    return acc + tl.dot(a, tile, input_precision=PRECISION)
+def norm_statistics(ptr, rows, group: tl.constexpr, SLOTS: tl.constexpr, cfg: tl.constexpr):
+    """(mean, rstd) per row of a normalized group from every split's (count, sum, m2),
+    published in slots 3·group ... 3·group + 2, merged exactly (Chan et al.): the splits' own
+    counts come with them (zero for the padding), so nothing here depends on the split widths."""
+    counts = read_slot(ptr, rows, 3 * group, SLOTS, cfg)
+    sums = read_slot(ptr, rows, 3 * group + 1, SLOTS, cfg)
+    n = tl.maximum(tl.sum(counts, axis=1), 1.0)
+    mean = tl.sum(sums, axis=1) / n
+    spread = sums / tl.maximum(counts, 1.0) - mean[:, None]
+    m2 = read_slot(ptr, rows, 3 * group + 2, SLOTS, cfg) + counts * spread * spread
+    return mean, 1.0 / tl.sqrt(tl.sum(m2, axis=1) / n + cfg.EPS)
 
 
 @triton.jit
-def gate_moments(partials_ptr, rows, row_ok, gate, H, SPLITS: tl.constexpr,
-                 SPLITS_P2: tl.constexpr, BLOCK_H: tl.constexpr, SLOTS: tl.constexpr):
-    """Row mean and biased variance of gate ``gate``'s H units over all splits, from the
-    (sum, centred squares) each split stored in slots 2·gate and 2·gate + 1."""
-    sums = load_partials(partials_ptr, rows, row_ok, 2 * gate, SPLITS, SPLITS_P2, SLOTS)
-    m2s = load_partials(partials_ptr, rows, row_ok, 2 * gate + 1, SPLITS, SPLITS_P2, SLOTS)
-    return merge_moments(sums, m2s, split_widths(H, BLOCK_H, SPLITS_P2), H * 1.0)
+def gate_group(gate: tl.constexpr, cfg: tl.constexpr):
+    return gate * cfg.GROUPS // cfg.GATES
 
 
 @triton.jit
-def store_gate_moments(x, valid, partials_ptr, rows, row_ok, split, gate, SPLITS: tl.constexpr,
-                       SLOTS: tl.constexpr):
-    """Stores this split's (sum, centred squares) of a gate tile in slots 2·gate, 2·gate + 1,
-    the layout ``gate_moments`` reads back."""
-    total, m2 = tile_moments(x, valid)
-    store_partial(partials_ptr, rows, row_ok, split, 2 * gate, total, SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, split, 2 * gate + 1, m2, SPLITS, SLOTS)
-
-
-@triton.jit
-def recurrent_input(out_ptr, h0_ptr, rmask_ptr, previous_t, rows, row_ok, active, first, ks, k_ok,
-                    B, H, HAS_RMASK: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """Chunk ks of d ⊙ h_{t-1} as the recurrent product's operand: rounded to the input dtype
-    first, as the reference does (h_{t-1} comes from the other splits through ``out``)."""
-    h = load_previous(out_ptr, h0_ptr, previous_t, rows, row_ok, active, first, ks, k_ok, B, H,
-                      True)
-    if HAS_RMASK:
-        h = h * load_rows(rmask_ptr, rows, row_ok, ks, k_ok, H, 0.0, False)
-    return h.to(out_ptr.dtype.element_ty).to(DOT_DTYPE)
-
-
-@triton.jit
-def hoisted_weight_tile(w_ptr, gate, units, unit_ok, H, HOIST: tl.constexpr,
-                        TRANSPOSED: tl.constexpr, BLOCK_K: tl.constexpr,
-                        DOT_DTYPE: tl.constexpr):
-    """Gate ``gate``'s W_hh tile over the whole reduction, kept across steps (HOIST), else a
-    placeholder that ``add_gate_product`` ignores.  if/else, not an early return: the compiler
-    visits the statements after a constexpr branch's return too and rejects the two types."""
-    if HOIST:
-        ks = tl.arange(0, BLOCK_K)
-        tile = weight_tile(w_ptr, gate, ks, ks < H, units, unit_ok, H, TRANSPOSED, DOT_DTYPE)
-    else:
-        tile = 0
-    return tile
-
-
-@triton.jit
-def add_backward_gate_product(acc, d_hh_ptr, hoisted, w_ptr, gate, t, rows, row_ok, ks, k_ok,
-                              units, unit_ok, B, H, GATES: tl.constexpr, HOIST: tl.constexpr,
-                              DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + chunk ks of gate ``gate``'s d_hh [T, B, GATES·H] at step t (written by the other
-    splits) @ the gate's W_hh block: its share of W_hhᵀ d_hh."""
-    d_hh = gate_tile(d_hh_ptr, t, gate, rows, row_ok, ks, k_ok, B, H, GATES, True)
-    return add_gate_product(acc, d_hh.to(DOT_DTYPE), hoisted, w_ptr, gate, ks, k_ok, units,
-                            unit_ok, H, HOIST, False, DOT_DTYPE, PRECISION)
-
-
-# ---------------------------------------------------------------------------------------------
-# Layer norm of W_hh h over groups of gates: per gate (GROUPS = GATES) or over all GATES·H units
-# (GROUPS = 1).  Each split exchanges two per-row values per gate, in slots 2·gate, 2·gate + 1.
-
-@triton.jit
-def group_statistics(partials_ptr, rows, row_ok, gate, H, GATES: tl.constexpr,
-                     GROUPS: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
-                     BLOCK_H: tl.constexpr, SLOTS: tl.constexpr):
-    """(mean, rstd) of gate ``gate``'s layer-norm group, from the moments ``store_gate_moments``
-    exchanged.  With one group the gates' equal-size slices are merged like any other chunks:
-    the variance is the mean of their variances plus the spread of their means."""
-    if GROUPS == 1:
-        mean = tl.zeros(rows.shape, tl.float32)
-        for other in tl.static_range(GATES):
-            gate_mean, _ = gate_moments(partials_ptr, rows, row_ok, other, H, SPLITS, SPLITS_P2,
-                                        BLOCK_H, SLOTS)
-            mean += gate_mean
-        mean = mean / GATES
-        var = tl.zeros(rows.shape, tl.float32)
-        for other in tl.static_range(GATES):
-            gate_mean, gate_var = gate_moments(partials_ptr, rows, row_ok, other, H, SPLITS,
-                                               SPLITS_P2, BLOCK_H, SLOTS)
-            var += gate_var + (gate_mean - mean) * (gate_mean - mean)
-        return mean, 1.0 / tl.sqrt(var / GATES + EPS)
-    mean, var = gate_moments(partials_ptr, rows, row_ok, gate, H, SPLITS, SPLITS_P2, BLOCK_H,
-                             SLOTS)
-    return mean, 1.0 / tl.sqrt(var + EPS)
-
-
-@triton.jit
-def summed_partial(partials_ptr, rows, row_ok, slot, SPLITS: tl.constexpr,
-                   SPLITS_P2: tl.constexpr, SLOTS: tl.constexpr):
-    """Per-row sum over the splits of ``slot``."""
-    return tl.sum(load_partials(partials_ptr, rows, row_ok, slot, SPLITS, SPLITS_P2, SLOTS),
-                  axis=1)
-
-
-@triton.jit
-def store_norm_sums(d_norm, norm, partials_ptr, rows, row_ok, units, unit_ok, split, slot,
-                    SPLITS: tl.constexpr, SLOTS: tl.constexpr):
-    """Per-row sums of dN and dN ⊙ N over this split's units, into slots (slot, slot + 1): what
-    the backward of a layer norm needs from the other splits."""
-    valid = row_ok[:, None] & unit_ok[None, :]
-    store_partial(partials_ptr, rows, row_ok, split, slot,
-                  tl.sum(tl.where(valid, d_norm, 0.0), axis=1), SPLITS, SLOTS)
-    store_partial(partials_ptr, rows, row_ok, split, slot + 1,
-                  tl.sum(tl.where(valid, d_norm * norm, 0.0), axis=1), SPLITS, SLOTS)
-
-
-@triton.jit
-def norm_input_grad(d_norm, norm, rstd, gate, partials_ptr, rows, row_ok, H, GATES: tl.constexpr,
-                    GROUPS: tl.constexpr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr,
-                    SLOTS: tl.constexpr):
-    """Gradient w.r.t. gate ``gate``'s W_hh h through its layer norm, from dN = γ ⊙ dL/dy and
-    N: rstd ⊙ (dN − mean dN − N ⊙ mean(dN ⊙ N)), the means over the group from the sums that
-    ``store_norm_sums`` exchanged (gate g's in slots 2g, 2g + 1)."""
-    if GROUPS == 1:
-        sum_dn = summed_partial(partials_ptr, rows, row_ok, 0, SPLITS, SPLITS_P2, SLOTS)
-        sum_dnn = summed_partial(partials_ptr, rows, row_ok, 1, SPLITS, SPLITS_P2, SLOTS)
-        for other in tl.static_range(1, GATES):
-            sum_dn += summed_partial(partials_ptr, rows, row_ok, 2 * other, SPLITS, SPLITS_P2,
-                                     SLOTS)
-            sum_dnn += summed_partial(partials_ptr, rows, row_ok, 2 * other + 1, SPLITS,
-                                      SPLITS_P2, SLOTS)
-    else:
-        sum_dn = summed_partial(partials_ptr, rows, row_ok, 2 * gate, SPLITS, SPLITS_P2, SLOTS)
-        sum_dnn = summed_partial(partials_ptr, rows, row_ok, 2 * gate + 1, SPLITS, SPLITS_P2,
-                                 SLOTS)
-    width = 1.0 * H * GATES / GROUPS  # units per group
-    return rstd[:, None] * (d_norm - sum_dn[:, None] / width - norm * (sum_dnn[:, None] / width))
+def load_gate_vector(ptr, units, unit_ok, gate: tl.constexpr, H, cfg: tl.constexpr):
+    """[units] float32 of gate ``gate``'s slice of a [G·H] vector (0 for the empty slot)."""
+    return tl.load(ptr + gate * H + units, mask=unit_ok & (gate < cfg.GATES),
+                   other=0.0).to(tl.float32)

@@ -208,3 +208,40 @@ def check_against_reference(case: Case, backend: str, dtype, device="cpu", gener
         assert_close(actual, expected, dtype, f"{backend} {name}")
     for name, expected in ref_grad.items():
         assert_close(got_grad[name].cpu(), expected, dtype, f"{backend} d{name}")
+
+
+# Tilings of the Triton kernels forced on small shapes (``fastrnn.kernels.launch.forced_tiling``),
+# each with the sizes that exercise it: (case overrides, tiling fields).  Under the interpreter a
+# persistent kernel runs one column split only (programs run one after another).
+TILINGS: Dict[str, tuple] = {
+    # 2 column splits of 16 units (H = 24: the second split half empty), 2 batch tiles of 16.
+    "driver_2_splits_2_batch_tiles": (dict(steps=3, batch=18, hidden=24, lengths=[3, 1, 2] * 6),
+                                      dict(block_b=16, block_u=16, block_k=16, persistent=False)),
+    "driver_3_splits": (dict(steps=3, batch=4, hidden=40, lengths=[3, 1, 2, 3]),
+                        dict(block_u=16, block_k=32, persistent=False)),
+    "driver_1_split": (dict(lengths=[2, 5, 3]), dict(persistent=False)),
+    "persistent_2_batch_tiles": (dict(batch=18, hidden=24, lengths=[5, 2, 4] * 6),
+                                 dict(block_b=16)),
+    # The reduction in chunks smaller than the program's units, the weight streamed.
+    "streamed_chunks": (dict(hidden=40, lengths=[5, 2, 4]), dict(hoist=False, block_k=16)),
+    "driver_streamed": (dict(hidden=40, batch=4, lengths=[3, 1, 2, 3]),
+                        dict(block_u=16, hoist=False, block_k=16, persistent=False)),
+}
+
+
+
+def tiling_case(cell: str, options: str, variant: str):
+    """(case, tiling fields) of option set ``options`` run with tiling ``variant`` of TILINGS at
+    the sizes that variant needs (an option set's own lengths are dropped where the variant sets
+    its own batch)."""
+    sizes, tiling = TILINGS[variant]
+    overrides = dict(sizes)
+    if "lengths" in OPTIONS[options] and "lengths" not in sizes:
+        overrides["lengths"] = None
+    return case(cell, options, **overrides), tiling
+
+
+# Half-precision cases: hidden=24, since with 7 units a layer-norm group of bfloat16 values is
+# ill-conditioned enough that the reference itself misses the tolerance.
+HALF_PRECISION = ("plain", "zoneout", "reverse_lengths", "layer_norm", "layer_norm_per_gate",
+                  "everything", "everything_per_gate_reverse")

@@ -1,6 +1,8 @@
-"""Host-side work both fused backends (Triton kernels, CUDA) do around their recurrence kernels."""
+"""Host-side work both fused backends (Triton kernels, CUDA) do around their recurrence kernels:
+the recurrent inputs of every step, the d W_hh product, absent gradients, the result tensors."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -17,10 +19,32 @@ def recurrent_inputs(out: torch.Tensor, h0: torch.Tensor, lengths: Optional[torc
 
 def recurrent_weight_grad(d_hh: torch.Tensor, h_in: torch.Tensor,
                           w_hh: torch.Tensor) -> torch.Tensor:
-    """d_w_hh = Σ_(t, b) d_hh ⊗ h_in: one GEMM over every step, in d_hh's dtype."""
+    """d_w_hh = Σ_(t, b) d_hh ⊗ h_in: one GEMM over every step, in d_hh's dtype (accumulated in
+    float32 by the GEMM for half-precision inputs)."""
     return (d_hh.flatten(0, 1).t() @ h_in.flatten(0, 1).to(d_hh.dtype)).to(w_hh.dtype)
 
 
 def absent_gradient(like: torch.Tensor) -> torch.Tensor:
     """The gradient of an absent optional parameter: a fresh empty tensor (outputs never alias)."""
     return like.new_empty(0)
+
+
+_poison = False
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Tests: results are allocated NaN-filled instead of uninitialised, so that a position a
+    kernel forgets to write shows up."""
+    global _poison
+    _poison = True
+    try:
+        yield
+    finally:
+        _poison = False
+
+
+def new_output(*shape, dtype, device) -> torch.Tensor:
+    if _poison:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -1,7 +1,14 @@
-"""The Triton backend: fused recurrences from fastrnn.kernels.
+"""The Triton backend: fused recurrences from ``fastrnn.kernels``.
 
 Runs CUDA tensors on a GPU, and CPU tensors under ``TRITON_INTERPRET=1`` (how CI checks the
-kernels' math).  float32, bfloat16 and float16.
+kernels' math).  float32, bfloat16 and float16.  This module is the glue between a recurrence
+call and the kernels, which know nothing of fastrnn: it allocates the results, derives what the
+kernels take (mask thresholds and kinds, the layer-norm epsilon, the recurrent inputs), and
+does the work around the recurrence in torch: the d W_hh product over every step (in the input
+dtype) and the split of the parameter gradients.
+
+``FASTRNN_TRITON_PERSISTENT=0`` makes every call use the per-step driver (one launch per phase
+per step) instead of the persistent kernels.
 """
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import os
 
 import torch
 
-from ..cells import LSTMCall
+from .. import masks as M
+from ..cells import LAYER_NORM_EPS, cell_of
+from .fused import absent_gradient, new_output, recurrent_inputs, recurrent_weight_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -31,15 +40,145 @@ def unsupported(device, dtype):
     return None
 
 
+def _launch():
+    from ..kernels import launch  # triton is optional: imported when a call runs
+    return launch
+
+
+def _persistent() -> bool:
+    return os.environ.get("FASTRNN_TRITON_PERSISTENT", "1") != "0"
+
+
+def _rates(call, kernels):
+    def rate(p):
+        return (M.threshold(p), float(p))
+    return kernels.Rates(rate(getattr(call, "zoneout_cell", 0.0)), rate(call.zoneout_hidden),
+                         rate(call.candidate_dropout))
+
+
+def _options(cell, call, kernels):
+    kinds = cell.step_masks
+    return kernels.Options(
+        cell=cell.name, gates=cell.num_gates, cell_norm=cell.cell_norm,
+        ln_groups=call.ln_groups, layer_norm=call.ln_hh_weight is not None,
+        training=bool(call.training), reverse=bool(call.reverse), eps=LAYER_NORM_EPS,
+        kind_zoneout_cell=kinds.get("zoneout_cell", M.ZONEOUT_CELL),
+        kind_zoneout_hidden=kinds["zoneout_hidden"], kind_candidate=kinds["candidate_dropout"])
+
+
+def _contiguous(tensor, dtype=None):
+    if tensor is None:
+        return None
+    return tensor.to(dtype).contiguous() if dtype is not None else tensor.contiguous()
+
+
+def _lengths(call, steps, batch, device):
+    """Row lengths for the kernels, which always read them: all ``steps`` when None."""
+    if call.lengths is None:
+        return torch.full((batch,), steps, dtype=torch.int64, device=device)
+    return call.lengths.to(device=device, dtype=torch.int64).contiguous()
+
+
 def forward(call):
-    from ..kernels import gru, lstm  # triton is optional: imported when a call runs
-    if isinstance(call, LSTMCall):
-        return lstm.lstm_forward(*call)
-    return gru.gru_forward(*call)
+    cell = cell_of(call)
+    gx = call.gx.contiguous()
+    steps, batch = gx.shape[0], gx.shape[1]
+    hidden = call.w_hh.shape[1]
+    dtype, device = gx.dtype, gx.device
+    layer_norm = call.ln_hh_weight is not None
+    lstm = "c" in cell.states
+    out = new_output(steps, batch, hidden, dtype=dtype, device=device)
+    h_n = new_output(batch, hidden, dtype=dtype, device=device)
+    c_n = new_output(batch, hidden, dtype=dtype, device=device) if lstm else None
+    preact = new_output(*gx.shape, dtype=dtype, device=device)
+    middle_field = cell.saved._fields[2]
+    middle = new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle_field, dtype),
+                        device=device)
+    stats = new_output(steps, batch, cell.stats_width(layer_norm, call.ln_groups),
+                       dtype=torch.float32, device=device)
+    finals = (h_n, c_n) if lstm else (h_n,)
+    if batch == 0 or steps == 0:
+        h_n.copy_(call.h0)
+        if lstm:
+            c_n.copy_(call.c0)
+        return (out, *finals, preact, middle, stats)
+    kernels = _launch()
+    h0 = _contiguous(call.h0, dtype)
+    rmask = _contiguous(call.recurrent_mask, dtype)
+    io = kernels.ForwardIO(
+        gx=gx, w_hh=_contiguous(call.w_hh, dtype), b_hh=_contiguous(call.b_hh, dtype),
+        ln_hh=_contiguous(call.ln_hh_weight, dtype),
+        ln_cell_w=_contiguous(getattr(call, "ln_cell_weight", None), dtype),
+        ln_cell_b=_contiguous(getattr(call, "ln_cell_bias", None), dtype),
+        h0=h0, x0=h0 if rmask is None else (h0 * rmask).contiguous(),
+        c0=_contiguous(call.c0, dtype) if lstm else None,
+        lengths=_lengths(call, steps, batch, device), rmask=rmask, seed=call.seed.contiguous(),
+        out=out, h_n=h_n, c_n=c_n, preact=preact, middle=middle,
+        stats=stats if layer_norm else None)
+    kernels.forward(io, _rates(call, kernels), _options(cell, call, kernels),
+                    persistent=_persistent())
+    return (out, *finals, preact, middle, stats)
+
+
+def _recurrent_products(h_in, w_hh):
+    """W_hh (d ⊙ h_{t-1}) of every step, [T, B, G·H]: what the layer-norm backward normalizes
+    again, as one GEMM in the input dtype (float32 accumulation) rather than a product per
+    step in the kernel or a float32 tensor saved by the forward."""
+    return torch.matmul(h_in, w_hh.to(h_in.dtype).t()).contiguous()
 
 
 def backward(call, saved, grads):
-    from ..kernels import gru, lstm
-    if isinstance(call, LSTMCall):
-        return lstm.lstm_backward(*grads, *saved, *call[1:])
-    return gru.gru_backward(*grads, *saved, *call[1:])
+    cell = cell_of(call)
+    out = saved.out.contiguous()
+    steps, batch, hidden = out.shape
+    dtype, device = out.dtype, out.device
+    layer_norm = call.ln_hh_weight is not None
+    lstm = "c" in cell.states
+    gates = cell.num_gates
+    d_gx = new_output(steps, batch, gates * hidden, dtype=dtype, device=device)
+    d_hh = new_output(steps, batch, gates * hidden, dtype=dtype, device=device)
+    d_h0 = new_output(batch, hidden, dtype=dtype, device=device)
+    d_c0 = new_output(batch, hidden, dtype=dtype, device=device) if lstm else None
+    rmask = _contiguous(call.recurrent_mask, dtype)
+    h_in = recurrent_inputs(out, call.h0, call.lengths, rmask, call.reverse).contiguous()
+    parameters = torch.zeros(2 * gates * hidden + (2 * hidden if lstm and layer_norm else 0),
+                             dtype=torch.float32, device=device)
+    if batch > 0 and steps > 0:
+        kernels = _launch()
+        io = kernels.BackwardIO(
+            grad_out=_contiguous(grads[0], dtype), grad_h_n=_contiguous(grads[1], dtype),
+            grad_c_n=_contiguous(grads[2], dtype) if lstm else None, out=out,
+            hh=_recurrent_products(h_in, call.w_hh) if layer_norm else None,
+            preact=saved.preact.contiguous(),
+            middle=saved[2].contiguous(), stats=saved.stats.contiguous() if layer_norm else None,
+            w_hh=_contiguous(call.w_hh, dtype), b_hh=_contiguous(call.b_hh, dtype),
+            ln_hh=_contiguous(call.ln_hh_weight, dtype),
+            ln_cell_w=_contiguous(getattr(call, "ln_cell_weight", None), dtype),
+            ln_cell_b=_contiguous(getattr(call, "ln_cell_bias", None), dtype),
+            h0=_contiguous(call.h0, dtype), c0=_contiguous(call.c0, dtype) if lstm else None,
+            lengths=_lengths(call, steps, batch, device), rmask=rmask,
+            seed=call.seed.contiguous(), d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, d_c0=d_c0)
+        parameters = kernels.backward(io, _rates(call, kernels), _options(cell, call, kernels),
+                                      persistent=_persistent())
+    else:
+        d_gx.zero_()
+        d_hh.zero_()
+        d_h0.copy_(grads[1])
+        if lstm:
+            d_c0.copy_(grads[2])
+    w_hh = call.w_hh
+    width = gates * hidden
+
+    def parameter(tensor, start, size):
+        return absent_gradient(w_hh) if tensor is None else parameters[start:start + size].to(
+            tensor.dtype)
+
+    results = [d_gx, recurrent_weight_grad(d_hh, h_in, w_hh), parameter(call.b_hh, 0, width),
+               parameter(call.ln_hh_weight, width, width)]
+    if lstm:
+        results += [parameter(call.ln_cell_weight, 2 * width, hidden),
+                    parameter(call.ln_cell_bias, 2 * width + hidden, hidden)]
+    results.append(d_h0.to(call.h0.dtype))
+    if lstm:
+        results.append(d_c0.to(call.c0.dtype))
+    return tuple(results)

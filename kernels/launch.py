@@ -1,0 +1,497 @@
+"""Host side of the Triton recurrences: the argument groups, how a call is cut into programs
+(``Tiling``), the constexpr configuration, the workspaces, and the launches.
+
+The caller (fastrnn's Triton backend) allocates every input and output and passes them as a
+``ForwardIO`` / ``BackwardIO``; absent optional tensors are None (the kernels test that as a
+constexpr).  Mask thresholds and probabilities come as ``Rates``, the mask kinds and the
+layer-norm epsilon as ``Options``: this package knows nothing of fastrnn itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import common, gru, lstm, recurrence
+
+
+# --------------------------------------------------------------------------- argument groups
+
+class ForwardIO(NamedTuple):
+    """Tensors of one forward recurrence: [T, B, ·] per step, [B, H] states."""
+    gx: torch.Tensor                    # [T, B, G·H]
+    w_hh: torch.Tensor                  # [G·H, H]
+    b_hh: Optional[torch.Tensor]        # [G·H]
+    ln_hh: Optional[torch.Tensor]       # [G·H] γ_hh (layer norm on)
+    ln_cell_w: Optional[torch.Tensor]   # [H] γ_c (LSTM cell norm)
+    ln_cell_b: Optional[torch.Tensor]   # [H] β_c
+    h0: torch.Tensor
+    x0: torch.Tensor                    # d ⊙ h0: the recurrent input of a row's first step
+    c0: Optional[torch.Tensor]          # LSTM
+    lengths: torch.Tensor               # [B] int64 (T for every row when the call has none)
+    rmask: Optional[torch.Tensor]       # [B, H] recurrent-dropout scale d
+    seed: torch.Tensor                  # [] int64
+    out: torch.Tensor                   # results from here on
+    h_n: torch.Tensor
+    c_n: Optional[torch.Tensor]
+    preact: torch.Tensor                # [T, B, G·H]
+    middle: torch.Tensor                # [T, B, H]: the LSTM's cell (float32), the GRU's q_n
+    stats: Optional[torch.Tensor]       # [T, B, S] float32 (layer norm on)
+
+
+class BackwardIO(NamedTuple):
+    grad_out: torch.Tensor
+    grad_h_n: torch.Tensor
+    grad_c_n: Optional[torch.Tensor]
+    out: torch.Tensor
+    hh: Optional[torch.Tensor]          # [T, B, G·H] W_hh (d ⊙ h_{t-1}) of every step (layer norm on)
+    preact: torch.Tensor
+    middle: torch.Tensor
+    stats: Optional[torch.Tensor]
+    w_hh: torch.Tensor
+    b_hh: Optional[torch.Tensor]        # present: its gradient partials are accumulated
+    ln_hh: Optional[torch.Tensor]
+    ln_cell_w: Optional[torch.Tensor]
+    ln_cell_b: Optional[torch.Tensor]
+    h0: torch.Tensor
+    c0: Optional[torch.Tensor]
+    lengths: torch.Tensor
+    rmask: Optional[torch.Tensor]
+    seed: torch.Tensor
+    d_gx: torch.Tensor                  # results from here on
+    d_hh: torch.Tensor                  # [T, B, G·H] d(W_hh x), for the d W_hh product
+    d_h0: torch.Tensor
+    d_c0: Optional[torch.Tensor]
+    # [batch tiles, 2·G·H (+ 2·H)] float32 partial rows of the parameter gradients: a
+    # workspace ``backward`` allocates (callers leave it None).
+    param_grads: Optional[torch.Tensor] = None
+
+
+class Rates(NamedTuple):
+    """(integer threshold on 24 mask bits, probability) of each per-step mask."""
+    zoneout_cell: Tuple[int, float]
+    zoneout_hidden: Tuple[int, float]
+    candidate_dropout: Tuple[int, float]
+
+
+class Options(NamedTuple):
+    cell: str                  # "lstm" or "gru": which cell kernels (``CELLS``) run
+    gates: int
+    cell_norm: bool            # the LSTM's layer norm of its cell candidate (with layer_norm)
+    ln_groups: int
+    layer_norm: bool
+    training: bool
+    reverse: bool
+    eps: float                 # layer-norm epsilon
+    kind_zoneout_cell: int     # mask kinds of the per-step masks
+    kind_zoneout_hidden: int
+    kind_candidate: int
+
+
+class Dims(NamedTuple):
+    T: int
+    B: int
+    H: int
+
+
+class _Work(NamedTuple):
+    """Workspaces of a launch (None where the configuration needs none).  B' is B padded to
+    whole batch tiles, SPLITS' the splits padded to a power of two (``common`` exchanges)."""
+    sync: torch.Tensor                       # int32 [1 + batch tiles]: abort flag, counters
+    moments: Optional[torch.Tensor] = None   # forward layer norm: [B', MOMENT_SLOTS, SPLITS']
+    exchange: Optional[torch.Tensor] = None  # LSTM cell norm: [2, 3, B, H] by parity: c~, σ(o), zoneout bit
+    cell_moments: Optional[torch.Tensor] = None  # LSTM cell norm: [2, B', 3, SPLITS'] by parity
+    inputs: Optional[torch.Tensor] = None    # recurrent dropout: [2, B, H] d ⊙ h by parity
+    sums: Optional[torch.Tensor] = None      # backward layer norm: [B', SUM_SLOTS, SPLITS']
+    shares: Optional[torch.Tensor] = None    # backward: [2, SPLITS, SPLITS, B, BLOCK_U]
+    carries: Optional[torch.Tensor] = None   # per-step backward: [2, 2, B, H] dh, dc by parity
+
+
+class CellKernels(NamedTuple):
+    """The jit functions a cell gives the drivers (kernels/recurrence.py)."""
+    initial_states: Callable
+    previous_states: Callable
+    forward_constants: Callable
+    forward_cell: Callable
+    merged_product: Any
+    merged_finish: Any
+    backward_constants: Callable
+    final_cell_grad: Callable
+    backward_local: Callable
+    backward_finish: Callable
+
+
+CELLS = {
+    "lstm": CellKernels(lstm.initial_states, lstm.previous_states, lstm.forward_constants,
+                   lstm.forward_cell, lstm.merged_product, lstm.merged_finish,
+                   lstm.backward_constants, lstm.final_cell_grad, lstm.backward_local,
+                   lstm.backward_finish),
+    "gru": CellKernels(gru.initial_states, gru.previous_states, gru.forward_constants,
+                   gru.forward_cell, None, None, gru.backward_constants, gru.final_cell_grad,
+                   gru.backward_local, gru.backward_finish),
+}
+
+
+class Config(NamedTuple):
+    """Everything the kernels specialize on (one constexpr argument)."""
+    BLOCK_B: int
+    BLOCK_U: int
+    BLOCK_K: int
+    NUM_K: int
+    EVEN_K: bool               # BLOCK_K divides H: no reduction masks
+    EVEN_B: bool               # BLOCK_B divides B: no row masks on the chunk loads
+    SPLITS: int
+    SPLITS_P2: int
+    GATES: int
+    GROUPS: int
+    LAYER_NORM: bool
+    CELL_NORM: bool            # the LSTM's layer norm of c~ (with LAYER_NORM)
+    MERGED: bool               # h_{t-1} from the cell exchange (``lstm.merged_product``)
+    PUBLISH_ZONEOUT: bool
+    HOIST: bool
+    ZONE_C: bool
+    ZONE_H: bool
+    CANDIDATE: bool
+    TRAINING: bool
+    REVERSE: bool
+    DOT_DTYPE: Any
+    PRECISION: str
+    EPS: float
+    KIND_ZONEOUT_CELL: int
+    KIND_ZONEOUT_HIDDEN: int
+    KIND_CANDIDATE: int
+    STATS: int
+    MOMENT_SLOTS: int
+    SUM_SLOTS: int
+    SPIN_LIMIT: int
+    PERSISTENT: bool
+    PHASE: int
+    FIRST_PHASE: int
+
+
+# ------------------------------------------------------------------------------------ tiling
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How one recurrence is cut into programs: program (pb, pc) owns ``block_b`` rows and
+    ``block_u`` hidden units (every gate of them); the reduction runs in ``block_k`` chunks.
+
+    ``hoist``: the program's rows of W_hh stay in shared memory for the whole launch (read from
+    memory once), else each step streams them.  ``persistent``: one launch with the time loop
+    inside, column splits meeting at tile barriers (every program resident: a GPU, a grid
+    within the SM count, launched cooperatively; or a single split); otherwise one launch per
+    phase per step.
+    """
+    block_b: int
+    block_u: int
+    block_k: int
+    hoist: bool
+    persistent: bool
+    num_warps: int
+
+    def batch_tiles(self, batch: int) -> int:
+        return triton.cdiv(batch, self.block_b)
+
+    def splits(self, hidden: int) -> int:
+        return triton.cdiv(hidden, self.block_u)
+
+    def programs(self, batch: int, hidden: int) -> int:
+        return self.batch_tiles(batch) * self.splits(hidden)
+
+
+MIN_DOT_BLOCK = 16           # tl.dot needs every block dimension >= 16
+HOISTED_WEIGHT_BYTES = 160 * 1024  # of the 227 KiB an sm_90 SM has, beside the operand tiles
+GATE_SLOTS = 4
+# (reduction chunk, warps) on a GPU, by (backward pass, operands of 32 bits).  Forward: small
+# input chunks keep the registers of the cell-norm exchange low, one warpgroup issues the product
+# (M = 4·16 = 64 rows of W_slice).  Backward: the transposed product's M is the chunk, so 128
+# rows, two warpgroups.  float32 products run on FMA units, whose operands sit in registers
+# (wgmma reads them from shared memory): twice the forward threads and quarter-size backward
+# chunks keep them from spilling.
+PASS_SHAPES = {(False, False): (32, 4), (True, False): (128, 8),
+               (False, True): (32, 8), (True, True): (32, 8)}
+# When no grid of full-size programs can be resident: the per-step driver's tiles.
+PER_STEP_BLOCK_B = 32
+
+
+def _weight_bytes(block_u: int, hidden: int, block_k: int, elem_bytes: int) -> int:
+    return GATE_SLOTS * block_u * triton.cdiv(hidden, block_k) * block_k * elem_bytes
+
+
+@functools.lru_cache(maxsize=256)
+def choose_tiling(batch: int, hidden: int, elem_bytes: int, sm_count: Optional[int],
+                  backward: bool = False) -> Tiling:
+    """Default tiling per shape and pass.  ``sm_count`` None means the interpreter: programs run
+    one after another, so a single column split (the persistent kernel then needs no barrier).
+
+    On a GPU: 16 units per program (the product's M is 4·16 = 64, one wgmma row block) and the
+    fewest rows per tile (16, 32, 64) for which every program is resident — as many SMs busy as
+    the grid allows — with W_hh kept on chip.  Tiles of more than 64 rows leave too few
+    registers per thread; when no grid of them fits the SMs, the per-step driver runs."""
+    hidden_p2 = max(triton.next_power_of_2(hidden), MIN_DOT_BLOCK)
+    chunk, warps = PASS_SHAPES[backward, elem_bytes >= 4]
+    block_k = min(hidden_p2, chunk)
+    if sm_count is None:
+        block_b = min(max(triton.next_power_of_2(batch), MIN_DOT_BLOCK), 64)
+        return Tiling(block_b, hidden_p2, block_k, hoist=True, persistent=True, num_warps=warps)
+    block_u = 16
+    hoist = _weight_bytes(block_u, hidden, block_k, elem_bytes) <= HOISTED_WEIGHT_BYTES
+    for block_b in (16, 32, 64):
+        tiling = Tiling(block_b, block_u, block_k, hoist=hoist, persistent=True, num_warps=warps)
+        if tiling.programs(batch, hidden) <= sm_count:
+            return tiling
+    return Tiling(PER_STEP_BLOCK_B, block_u, block_k, hoist=False, persistent=False,
+                  num_warps=warps)
+
+
+_tiling_override: dict = {}
+SPIN_LIMIT = 1 << 22     # polls (~1 µs each) before a tile barrier gives up: seconds
+_spin_limit = [SPIN_LIMIT]
+
+
+@contextlib.contextmanager
+def forced_tiling(**fields):
+    """Within the block every recurrence uses these Tiling fields (tests use it to run each
+    split / batch-tile / persistent variant on small shapes)."""
+    _tiling_override.update(fields)
+    try:
+        yield
+    finally:
+        _tiling_override.clear()
+
+
+@contextlib.contextmanager
+def barrier_spin_limit(polls: int):
+    """Tests: tile barriers give up after ``polls`` polls."""
+    _spin_limit[0] = polls
+    try:
+        yield
+    finally:
+        _spin_limit[0] = SPIN_LIMIT
+
+
+_sm_count_override: List[Optional[int]] = []
+
+
+@contextlib.contextmanager
+def target_sm_count(count: int):
+    """Choose tilings as for a GPU with ``count`` SMs (static compilation on a CPU machine)."""
+    _sm_count_override.append(count)
+    try:
+        yield
+    finally:
+        _sm_count_override.pop()
+
+
+def tiling_for(batch: int, hidden: int, dtype: torch.dtype, device: torch.device,
+               backward: bool = False) -> Tiling:
+    """The tiling of a pass: ``choose_tiling``, then any ``forced_tiling`` fields."""
+    if _sm_count_override:
+        sm_count = _sm_count_override[-1]
+    elif device.type == "cuda":
+        sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sm_count = None
+    tiling = choose_tiling(batch, hidden, torch.finfo(dtype).bits // 8, sm_count, backward)
+    if _tiling_override:
+        tiling = dataclasses.replace(tiling, **_tiling_override)
+    if sm_count is None and tiling.splits(hidden) > 1 and tiling.persistent \
+            and _spin_limit[0] == SPIN_LIMIT:
+        raise ValueError("a persistent kernel with several column splits deadlocks under "
+                         "TRITON_INTERPRET (programs run one after another)")
+    return tiling
+
+
+def dot_settings(dtype: torch.dtype, device: torch.device):
+    """(operand dtype, input_precision) of the recurrent tl.dot products.
+
+    float32 uses TF32 iff torch.backends.cuda.matmul.allow_tf32, like torch's own matmuls.
+    The interpreter's tl.dot mis-multiplies bfloat16 (numpy has no bfloat16), so there the
+    bfloat16 operands are widened to float32: the same products, accumulated in float32."""
+    operand = {torch.float32: tl.float32, torch.float16: tl.float16,
+               torch.bfloat16: tl.bfloat16}[dtype]
+    if device.type != "cuda" and not _sm_count_override and dtype == torch.bfloat16:
+        operand = tl.float32
+    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    return operand, "tf32" if tf32 else "ieee"
+
+
+def _config(tiling: Tiling, dims: Dims, options: Options, rates: Rates, dtype, device,
+            phase: int = 0) -> Config:
+    splits = tiling.splits(dims.H)
+    cell_norm = options.layer_norm and options.cell_norm
+    zone_h = rates.zoneout_hidden[1] > 0
+    operand, precision = dot_settings(dtype, device)
+    groups = options.ln_groups
+    return Config(
+        BLOCK_B=tiling.block_b, BLOCK_U=tiling.block_u, BLOCK_K=tiling.block_k,
+        NUM_K=triton.cdiv(dims.H, tiling.block_k), EVEN_K=dims.H % tiling.block_k == 0,
+        EVEN_B=dims.B % tiling.block_b == 0,
+        SPLITS=splits,
+        SPLITS_P2=triton.next_power_of_2(splits), GATES=options.gates, GROUPS=groups,
+        LAYER_NORM=options.layer_norm, CELL_NORM=cell_norm, MERGED=cell_norm,
+        PUBLISH_ZONEOUT=cell_norm and zone_h and options.training, HOIST=tiling.hoist,
+        ZONE_C=rates.zoneout_cell[1] > 0, ZONE_H=zone_h,
+        CANDIDATE=options.training and rates.candidate_dropout[1] > 0,
+        TRAINING=options.training, REVERSE=options.reverse, DOT_DTYPE=operand,
+        PRECISION=precision, EPS=options.eps, KIND_ZONEOUT_CELL=options.kind_zoneout_cell,
+        KIND_ZONEOUT_HIDDEN=options.kind_zoneout_hidden, KIND_CANDIDATE=options.kind_candidate,
+        STATS=(2 * groups + 2 * cell_norm) if options.layer_norm else 0,
+        MOMENT_SLOTS=3 * groups, SUM_SLOTS=2 * cell_norm + groups * (2 + 4 * cell_norm),
+        SPIN_LIMIT=_spin_limit[0], PERSISTENT=tiling.persistent, PHASE=phase,
+        FIRST_PHASE=(recurrence.PHASE_NORM.value if options.layer_norm
+                     else recurrence.PHASE_CELL.value))
+
+
+# ---------------------------------------------------------------------------------- launches
+
+_recordings: List[list] = []
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block launches are recorded, not run: (kernel, grid, args, kwargs) each."""
+    launches: list = []
+    _recordings.append(launches)
+    try:
+        yield launches
+    finally:
+        _recordings.pop()
+
+
+def constexpr_options(kwargs: dict) -> dict:
+    """Launch keyword arguments as the kernels take them: the Config with every field a
+    tl.constexpr (triton 3.6 hands a constexpr NamedTuple's fields to jit code as plain Python
+    values, which tl.zeros shapes and tl.static_range bounds refuse).  Not under the
+    interpreter, where a constexpr plus a tensor would stay a constexpr."""
+    cfg = kwargs.get("cfg")
+    if cfg is None or common.INTERPRETING:
+        return kwargs
+    return dict(kwargs, cfg=Config(*(tl.constexpr(value) for value in cfg)))
+
+
+def _launch(kernel, grid, args, **kwargs) -> None:
+    if _recordings:
+        _recordings[-1].append((kernel, grid, args, kwargs))
+        return
+    kernel[grid](*args, **constexpr_options(kwargs))
+
+
+def _check_not_aborted(sync: torch.Tensor, kind: str) -> None:
+    """Raises when a persistent launch's tile barrier gave up (its programs were not all
+    resident).  Reads the flag from the device, except while a CUDA graph is being captured."""
+    if _recordings or (sync.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    if int(sync[0]):
+        raise RuntimeError(
+            f"fastrnn: the persistent Triton {kind} kernel stopped: a barrier between its "
+            "column splits waited past its bound, so its programs were not all resident on the "
+            "GPU at once (another kernel holding SMs, MPS limits, a debugger). Run the per-step "
+            "driver instead: set FASTRNN_TRITON_PERSISTENT=0 before the call.")
+
+
+def _float_workspace(*shape, device) -> torch.Tensor:
+    return torch.zeros(shape, dtype=torch.float32, device=device)
+
+
+def _kernel_options(tiling: Tiling, splits: int) -> dict:
+    """num_stages=1: the dot operands are staged in shared memory, and software pipelining would
+    keep copies of each beside the hoisted weight."""
+    options = dict(num_warps=tiling.num_warps, num_stages=1)
+    if tiling.persistent and splits > 1:
+        # Its programs spin at tile barriers: a cooperative launch makes CUDA guarantee that
+        # they are all resident, or refuse the launch (too large a grid) instead of hanging.
+        options["launch_cooperative_grid"] = True
+    return options
+
+
+def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = True) -> None:
+    """Runs one forward recurrence, writing io.out, h_n, (c_n), preact, middle, (stats)."""
+    steps, batch = io.gx.shape[0], io.gx.shape[1]
+    hidden = io.w_hh.shape[1]
+    dims = Dims(steps, batch, hidden)
+    device, dtype = io.gx.device, io.gx.dtype
+    tiling = tiling_for(batch, hidden, dtype, device)
+    if not persistent:
+        tiling = dataclasses.replace(tiling, persistent=False)
+    cfg = _config(tiling, dims, options, rates, dtype, device)
+    splits, tiles = cfg.SPLITS, tiling.batch_tiles(batch)
+    padded = tiles * tiling.block_b
+    work = _Work(
+        sync=torch.zeros(1 + tiles, dtype=torch.int32, device=device),
+        moments=(_float_workspace(padded, cfg.MOMENT_SLOTS, cfg.SPLITS_P2, device=device)
+                 if cfg.LAYER_NORM else None),
+        exchange=_float_workspace(2, 3, batch, hidden, device=device) if cfg.MERGED else None,
+        cell_moments=(_float_workspace(2, padded, 3, cfg.SPLITS_P2, device=device) if cfg.MERGED
+                      else None),
+        inputs=(torch.zeros(2, batch, hidden, dtype=dtype, device=device)
+                if io.rmask is not None and not cfg.MERGED else None))
+    cell = CELLS[options.cell]
+    grid = (tiles, splits)
+    if tiling.persistent:
+        _launch(recurrence.forward_persistent, grid, (io, work, dims, rates),
+                cfg=cfg, CELL=cell, **_kernel_options(tiling, splits))
+        _check_not_aborted(work.sync, "forward")
+        return
+    phases = ((recurrence.PHASE_NORM, recurrence.PHASE_CELL) if cfg.LAYER_NORM
+              else (recurrence.PHASE_CELL,))
+    order = range(steps - 1, -1, -1) if options.reverse else range(steps)
+    for t in order:
+        for phase in phases:
+            _launch(recurrence.forward_phase, grid, (io, work, dims, rates, t),
+                    cfg=cfg._replace(PHASE=phase.value), CELL=cell,
+                    **_kernel_options(tiling, splits))
+    if cfg.MERGED:
+        _launch(recurrence.forward_phase, grid, (io, work, dims, rates, 0),
+                cfg=cfg._replace(PHASE=recurrence.PHASE_FINISH.value), CELL=cell,
+                **_kernel_options(tiling, splits))
+
+
+def backward(io: BackwardIO, rates: Rates, options: Options,
+             persistent: bool = True) -> torch.Tensor:
+    """Runs one backward recurrence, writing io.d_gx, d_hh, d_h0, (d_c0).  Returns the float32
+    gradients of (b_hh [G·H], γ_hh [G·H], then with the cell norm γ_c [H], β_c [H]): every batch
+    tile's partial row, summed here in a fixed order (deterministic)."""
+    steps, batch, hidden = io.out.shape
+    dims = Dims(steps, batch, hidden)
+    device, dtype = io.out.device, io.out.dtype
+    tiling = tiling_for(batch, hidden, dtype, device, backward=True)
+    if not persistent:
+        tiling = dataclasses.replace(tiling, persistent=False)
+    cfg = _config(tiling, dims, options, rates, dtype, device)
+    splits, tiles = cfg.SPLITS, tiling.batch_tiles(batch)
+    padded = tiles * tiling.block_b
+    work = _Work(
+        sync=torch.zeros(1 + tiles, dtype=torch.int32, device=device),
+        sums=(_float_workspace(padded, cfg.SUM_SLOTS, cfg.SPLITS_P2, device=device)
+              if cfg.LAYER_NORM else None),
+        shares=_float_workspace(2, splits, splits, batch, tiling.block_u, device=device),
+        carries=None if tiling.persistent else _float_workspace(2, 2, batch, hidden, device=device))
+    cell = CELLS[options.cell]
+    grid = (tiles, splits)
+    param_grads = _float_workspace(tiles, 2 * options.gates * hidden + 2 * hidden * cfg.CELL_NORM,
+                                   device=device)
+    io = io._replace(param_grads=param_grads)
+    if tiling.persistent:
+        _launch(recurrence.backward_persistent, grid, (io, work, dims, rates),
+                cfg=cfg, CELL=cell, **_kernel_options(tiling, splits))
+        _check_not_aborted(work.sync, "backward")
+        return param_grads.sum(0)
+    order = list(range(steps)) if options.reverse else list(range(steps - 1, -1, -1))
+    first = (order[0] + 1) % 2
+    work.carries[0, first].copy_(io.grad_h_n)
+    if io.grad_c_n is not None:
+        work.carries[1, first].copy_(io.grad_c_n)
+    phases = ((recurrence.PHASE_SUMS, recurrence.PHASE_GRADS, recurrence.PHASE_CARRY)
+              if cfg.LAYER_NORM else (recurrence.PHASE_GRADS, recurrence.PHASE_CARRY))
+    for t in order:
+        for phase in phases:
+            _launch(recurrence.backward_phase, grid, (io, work, dims, rates, t),
+                    cfg=cfg._replace(PHASE=phase.value), CELL=cell,
+                    **_kernel_options(tiling, splits))
+    return param_grads.sum(0)
