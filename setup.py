@@ -50,8 +50,8 @@ def cuda_extension():
         from torch.utils import cpp_extension
     except ImportError:
         torch = None
-        reason = ("pip's isolated build has no torch (--no-build-isolation builds against the "
-                  "installed one)")
+        reason = ("torch is not importable at build time (pip's default isolated build has "
+                  "none; --no-build-isolation builds against the installed one)")
     if reason is None and not sources:
         reason = "csrc/ has no sources"
     if reason is None and torch.version.cuda is None and forced != "1":
