@@ -1,36 +1,57 @@
-"""Build: the Python package (kernels/ installs as fastrnn.kernels) and, where CUDA is present,
-the CUDA extension fastrnn._C compiled from csrc/ with ninja.
+"""Build: the Python package (kernels/ installs as fastrnn.kernels, and the CUDA sources of csrc/
+as package data in fastrnn/csrc/, so that an installed copy can build the extension on first use)
+and, where CUDA is present, the CUDA extension fastrnn._C compiled from csrc/ with ninja.
 
-The extension is skipped, with one line saying why, when torch has no CUDA or nvcc is missing;
-FASTRNN_BUILD_CUDA=1 forces it (and fails loudly if it cannot be built), FASTRNN_BUILD_CUDA=0
-skips it.  Without it, fastrnn builds csrc/ on first use on a CUDA machine (fastrnn.backends).
+The extension is skipped when torch is not importable at build time (pip's default build
+isolation), has no CUDA, or nvcc is missing; FASTRNN_BUILD_CUDA=1 forces it (and fails loudly if
+it cannot be built), FASTRNN_BUILD_CUDA=0 skips it.  Without it, fastrnn builds the extension on
+first use on a CUDA machine (fastrnn/backends/cuda_build.py).  The build says which in one line
+(announce, from build_py).
 """
-import glob
+import importlib.util
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from setuptools import setup
+from setuptools.command import build_py as setuptools_build_py
 
-PACKAGES = ["fastrnn", "fastrnn.backends", "fastrnn.kernels"]
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = ["fastrnn", "fastrnn.backends", "fastrnn.kernels", "fastrnn.csrc"]
 PACKAGE_DIR = {"fastrnn": "fastrnn", "fastrnn.backends": "fastrnn/backends",
-               "fastrnn.kernels": "kernels"}
+               "fastrnn.kernels": "kernels", "fastrnn.csrc": "csrc"}
+
+
+def load_cuda_build():
+    """fastrnn/backends/cuda_build.py loaded by path: importing the fastrnn package would need
+    torch, which pip's isolated build environment does not have."""
+    spec = importlib.util.spec_from_file_location(
+        "fastrnn_cuda_build", os.path.join(ROOT, "fastrnn", "backends", "cuda_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_build = load_cuda_build()
 
 
 def cuda_extension():
-    """(ext_modules, cmdclass) for fastrnn._C, or empty ones with the reason printed."""
+    """(ext_modules, cmdclass, decision): the extension for fastrnn._C, or none, and the line that
+    says which (and why not)."""
     forced = os.environ.get("FASTRNN_BUILD_CUDA")
     if forced == "0":
-        print("fastrnn: skipping the CUDA extension (FASTRNN_BUILD_CUDA=0)")
-        return [], {}
-    sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
+        return [], {}, "fastrnn: CUDA extension not built (FASTRNN_BUILD_CUDA=0)"
+    # Relative to the distribution root, as setuptools expects the paths of a setup script.
+    sources = [os.path.relpath(path, ROOT) for path in cuda_build.sources(Path(ROOT, "csrc"))]
     reason = None
     try:
         import torch
         from torch.utils import cpp_extension
     except ImportError:
         torch = None
-        reason = "torch is not importable in the build environment (use --no-build-isolation)"
+        reason = ("torch is not importable at build time (pip's default isolated build has "
+                  "none; --no-build-isolation builds against the installed one)")
     if reason is None and not sources:
         reason = "csrc/ has no sources"
     if reason is None and torch.version.cuda is None and forced != "1":
@@ -40,15 +61,45 @@ def cuda_extension():
     if reason is not None:
         if forced == "1":
             sys.exit(f"fastrnn: FASTRNN_BUILD_CUDA=1 but the CUDA extension cannot be built: {reason}")
-        print(f"fastrnn: skipping the CUDA extension: {reason}; the Triton and reference backends remain")
-        return [], {}
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from fastrnn.backends import cuda_build
+        return [], {}, (f"fastrnn: CUDA extension not built: {reason}; fastrnn compiles it on "
+                        "first use where torch has CUDA and nvcc is found")
     extension = cpp_extension.CUDAExtension(
         "fastrnn._C", sources, include_dirs=[os.path.abspath("csrc")],
         extra_compile_args={"cxx": ["-O3"], "nvcc": cuda_build.nvcc_flags()})
-    return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    decision = (f"fastrnn: building the CUDA extension fastrnn._C (torch {torch.__version__}, "
+                f"CUDA {torch.version.cuda}); this takes minutes")
+    return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}, decision
 
 
-ext_modules, cmdclass = cuda_extension()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+def announce(line):
+    """Print ``line`` where the person running pip sees it.  pip captures a build backend's output
+    and shows it only with -v or when the build fails, so the line also goes to the controlling
+    terminal when there is one; without one (CI, cron, ssh without a tty) it is only in the build
+    log, which `pip install -v` shows."""
+    print(line, file=sys.stderr, flush=True)
+    if sys.stderr.isatty():  # run directly in a terminal: already seen
+        return
+    try:
+        with open("/dev/tty", "w") as terminal:
+            terminal.write(f"\n{line}\n")
+    except OSError:  # no controlling terminal
+        pass
+
+
+ext_modules, cmdclass, decision = cuda_extension()
+
+
+# Named as the command it replaces: distutils looks commands' options up by class name.
+class build_py(setuptools_build_py.build_py):
+    """build_py that also announces the CUDA decision: pip runs setup.py several times per
+    install (build requirements, metadata, the build), and build_py runs once, in the build, for
+    wheels and editable installs alike."""
+
+    def run(self):
+        announce(decision)
+        super().run()
+
+
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR,
+      package_data={"fastrnn.csrc": list(cuda_build.SOURCE_PATTERNS)},
+      ext_modules=ext_modules, cmdclass={**cmdclass, "build_py": build_py})

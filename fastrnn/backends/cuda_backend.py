@@ -31,9 +31,9 @@ _load_error: Optional[str] = None
 
 def unavailable() -> Optional[str]:
     """Why the backend cannot run here (and what to install), or None.  Never compiles anything."""
-    if torch.version.cuda is None:
-        return (f"torch {torch.__version__} is built without CUDA; install a CUDA build of torch "
-                "(https://pytorch.org/get-started/locally/)")
+    reason = cuda_build.torch_without_cuda()
+    if reason is not None:
+        return reason
     if _load_error is not None:
         return _load_error
     if not torch.cuda.is_available():

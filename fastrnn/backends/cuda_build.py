@@ -1,19 +1,33 @@
 """Building the CUDA extension ``fastrnn._C`` from csrc/: the nvcc flags (shared with setup.py),
-the sources, and a JIT build on first use when the package was installed without the extension.
+where the sources are, and a JIT build on first use when the package was installed without the
+extension.
 
-The JIT build runs only on a machine with a CUDA torch and a visible GPU (never on CPU-only
-machines) and is cached by ``torch.utils.cpp_extension`` under ``$TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``), so it costs minutes once and a load afterwards.
+The sources are in one of two places: ``fastrnn/csrc/`` in an installed copy (the wheel carries
+them as package data, setup.py), or ``csrc/`` beside ``fastrnn/`` in a source checkout (an
+editable install).  The JIT build runs only on a machine with a CUDA torch and a visible GPU
+(never on CPU-only machines) and is cached by ``torch.utils.cpp_extension`` under
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), so it costs minutes once and a
+load afterwards.
+
+This module imports nothing but the standard library at load time: setup.py and
+.ci/compile_csrc.sh load it by path, without torch or the fastrnn package.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import List, Optional
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
 JIT_NAME = "fastrnn_C"
+# What the compiler is given (the .cu kernels and the .cpp pybind11 binding) and what they
+# include; setup.py ships both kinds in the wheel.
+COMPILED_PATTERNS = ("*.cu", "*.cpp")
+HEADER_PATTERNS = ("*.cuh", "*.h")
+SOURCE_PATTERNS = COMPILED_PATTERNS + HEADER_PATTERNS
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # the fastrnn package directory
 
 
 def nvcc_flags() -> List[str]:
@@ -30,9 +44,33 @@ def nvcc_flags() -> List[str]:
     ]
 
 
-def sources(root: Path = CSRC) -> List[str]:
-    """The .cu kernels and the .cpp pybind11 binding that make up fastrnn._C."""
-    return [str(p) for p in sorted(root.glob("*.cu")) + sorted(root.glob("*.cpp"))]
+def source_dir_candidates(package: Path = _PACKAGE) -> List[Path]:
+    """Where the sources may be, in the order looked at: the installed package's ``csrc/``, then
+    the checkout's ``csrc/`` when ``package`` sits in a source checkout (beside its setup.py; an
+    installed copy's parent is site-packages, whose ``csrc/`` would be nobody's)."""
+    candidates = [package / "csrc"]
+    if (package.parent / "setup.py").is_file():
+        candidates.append(package.parent / "csrc")
+    return candidates
+
+
+def _compiled_sources(root: Path) -> List[str]:
+    return [str(p) for pattern in COMPILED_PATTERNS for p in sorted(root.glob(pattern))]
+
+
+def source_dir(package: Path = _PACKAGE) -> Optional[Path]:
+    """The directory holding the CUDA sources, or None when no candidate has any."""
+    for candidate in source_dir_candidates(package):
+        if _compiled_sources(candidate):
+            return candidate
+    return None
+
+
+def sources(root: Optional[Path] = None) -> List[str]:
+    """The .cu kernels and the .cpp pybind11 binding that make up fastrnn._C (of ``root``, by
+    default :func:`source_dir`); empty when there are none."""
+    root = source_dir() if root is None else root
+    return [] if root is None else _compiled_sources(root)
 
 
 def installed_extension_present() -> bool:
@@ -40,26 +78,46 @@ def installed_extension_present() -> bool:
     return importlib.util.find_spec("fastrnn._C") is not None
 
 
+def torch_without_cuda() -> Optional[str]:
+    """Why this torch can neither run nor build fastrnn._C (a CPU-only build), or None."""
+    import torch
+
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is built without CUDA; install a CUDA build of torch "
+                "(https://pytorch.org/get-started/locally/)")
+    return None
+
+
 def jit_unavailable() -> Optional[str]:
     """Why a JIT build cannot be attempted here, or None.  Cheap: compiles nothing."""
     from torch.utils import cpp_extension
 
-    if not sources():
-        return f"the CUDA sources are not installed ({CSRC} is missing); reinstall fastrnn from a source checkout"
+    reason = torch_without_cuda()
+    if reason is not None:
+        return reason
+    if source_dir() is None:
+        looked = ", ".join(str(p) for p in source_dir_candidates())
+        return (f"the CUDA sources are missing (looked in {looked}); this copy of fastrnn was "
+                "installed without them: reinstall it from a wheel or source tree of this version")
     if cpp_extension.CUDA_HOME is None:
         return ("fastrnn._C was not built and nvcc was not found to build it; install the CUDA toolkit "
                 "(set CUDA_HOME) or reinstall fastrnn with FASTRNN_BUILD_CUDA=1")
+    if shutil.which("ninja") is None:
+        return "fastrnn._C was not built and building it needs ninja (pip install ninja)"
     return None
 
 
 def load_extension():
-    """The extension module: the installed ``fastrnn._C``, or else a JIT build of csrc/."""
+    """The extension module: the installed ``fastrnn._C``, or else a JIT build of the sources."""
     if installed_extension_present():
         return importlib.import_module("fastrnn._C")
     from torch.utils import cpp_extension
 
-    print(f"fastrnn: building the CUDA extension from {CSRC} (first use; cached by torch in "
+    root = source_dir()
+    if root is None:
+        raise RuntimeError(jit_unavailable())
+    print(f"fastrnn: building the CUDA extension from {root} (first use; cached by torch in "
           f"{os.environ.get('TORCH_EXTENSIONS_DIR', '~/.cache/torch_extensions')})")
-    return cpp_extension.load(name=JIT_NAME, sources=sources(), extra_include_paths=[str(CSRC)],
+    return cpp_extension.load(name=JIT_NAME, sources=sources(root), extra_include_paths=[str(root)],
                               extra_cflags=["-O3", "-std=c++17"], extra_cuda_cflags=nvcc_flags(),
                               verbose=False)

@@ -26,7 +26,8 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def unavailable():
     if importlib.util.find_spec("triton") is None:
-        return "triton is not installed (pip install triton; Linux only)"
+        return ("triton is not installed: CUDA builds of torch on Linux bring it; on a CPU-only "
+                "machine `pip install triton` (or fastrnn's `test` extra) adds it for TRITON_INTERPRET=1")
     return None
 
 
