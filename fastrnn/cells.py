@@ -17,6 +17,7 @@ projects itself, and the call fields torch.nn's cell has (``Cell.native_fields``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple
 
@@ -31,10 +32,9 @@ LAYER_NORM_EPS = 1e-5
 # Long names of the states, as the modules name their learned initial states.
 STATE_NAMES = {"h": "hidden", "c": "cell"}
 
-# The module parameter (torch.nn's name, without the layer suffix) behind each weight field of a
-# call (or of its input projection).
-FIELD_PARAMETERS = {"w_ih": "weight_ih", "b_ih": "bias_ih", "w_hh": "weight_hh",
-                    "b_hh": "bias_hh", "w_hr": "weight_hr"}
+# The module parameter (torch.nn's name, without the layer suffix) behind each call field of an
+# optional feature (``Cell.features``).
+FIELD_PARAMETERS = {"w_hr": "weight_hr"}
 
 
 class LSTMCall(NamedTuple):
@@ -125,7 +125,6 @@ class Cell:
     features: Dict[str, str]           # optional torch.nn feature -> the call field that turns it on
     projected_states: Tuple[str, ...]  # the states whose width is P under the projection
     native_fields: Tuple[str, ...]     # the call fields torch's own kernel takes (torch.nn's cell)
-    native_call: type                  # InputProjection + native_fields
 
     @property
     def num_gates(self) -> int:
@@ -146,6 +145,11 @@ class Cell:
     def forward_outputs(self) -> Tuple[str, ...]:
         """The forward op's results: out, the final states, then the saved tensors."""
         return ("out",) + tuple(f"{s}_n" for s in self.states) + self.saved._fields[1:]
+
+    @functools.cached_property
+    def native_call(self) -> type:
+        """The NamedTuple of one call of torch's own kernel: InputProjection + native_fields."""
+        return _native_call(f"{self.name.upper()}NativeCall", self.call, self.native_fields)
 
     @property
     def native_outputs(self) -> Tuple[str, ...]:
@@ -209,9 +213,7 @@ LSTM = Cell(
     # zoneout of h acts on the (projected) h; the candidate tanh(g) has the cell's width.
     step_mask_states={"zoneout_cell": "c", "zoneout_hidden": "h", "candidate_dropout": "c"},
     features={"proj_size": "w_hr"}, projected_states=("h",),
-    native_fields=("w_hh", "b_hh", "h0", "c0", "lengths", "reverse", "w_hr"),
-    native_call=_native_call("LSTMNativeCall", LSTMCall,
-                             ("w_hh", "b_hh", "h0", "c0", "lengths", "reverse", "w_hr")))
+    native_fields=("w_hh", "b_hh", "h0", "c0", "lengths", "reverse", "w_hr"))
 
 GRU = Cell(
     name="gru", gates=("r", "z", "n"), states=("h",), call=GRUCall, saved=GRUSaved,
@@ -220,8 +222,7 @@ GRU = Cell(
     step_masks={"zoneout_hidden": M.ZONEOUT_HIDDEN, "candidate_dropout": M.CANDIDATE_DROPOUT},
     step_mask_states={"zoneout_hidden": "h", "candidate_dropout": "h"},
     features={}, projected_states=(),
-    native_fields=("w_hh", "b_hh", "h0", "lengths", "reverse"),
-    native_call=_native_call("GRUNativeCall", GRUCall, ("w_hh", "b_hh", "h0", "lengths", "reverse")))
+    native_fields=("w_hh", "b_hh", "h0", "lengths", "reverse"))
 
 CELLS: Dict[str, Cell] = {cell.name: cell for cell in (LSTM, GRU)}
 

@@ -11,8 +11,9 @@ host sync, so CUDA graphs can capture it):
 * ``lengths``: steps t >= L_b run but are discarded: ``out`` is zeroed there and h_n is read at
   t = L_b - 1.  The LSTM's c_n is the kernel's final cell state, held fixed through the padding
   steps by one extra input column that is 1 there and 0 elsewhere, whose weights drive the input
-  gate to 0 and the forget gate to 1 (sigmoid saturates to exactly 0 and 1 at ±1e4, so
-  c_t = 1·c_{t-1} + 0·tanh(g) = c_{t-1}) and leave g and o alone.
+  gate to 0 and the forget gate to 1 (sigmoid of ∓1e4 is 0 and 1 to the last bit, so
+  c_t = 1·c_{t-1} + 0·tanh(g) = c_{t-1}) and leave g and o alone; the gradients of those steps
+  are zero for the same reason.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from ..cells import LSTM, cell_of
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 FEATURES = frozenset({"proj_size"})  # torch.nn.LSTM's projection
-# A pre-activation this far from 0 saturates sigmoid to exactly 0 or 1 in every float dtype, and
-# stays finite in float16 with the rest of the pre-activation added.
+# A pre-activation this far from 0 saturates sigmoid to 0 or 1 in every float dtype, and stays
+# finite in float16 with the rest of the pre-activation added.
 _SATURATED = 1e4
 
 
