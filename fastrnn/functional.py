@@ -59,7 +59,7 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     """
     steps, batch = x.shape[0], x.shape[1]
     w_hh = weights["weight_hh"]
-    hidden = w_hh.shape[1]  # the width of h, which the recurrent mask and product read
+    width = w_hh.shape[1]  # of h (P under a projection), which the recurrent mask multiplies
     stochastic = (recurrent_dropout > 0 or dropconnect > 0
                   or any(p > 0 for p in step_probabilities.values()))
     active = training and stochastic
@@ -68,7 +68,7 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     recurrent_mask = dropconnect_mask = None
     if training and recurrent_dropout > 0:
         recurrent_mask = M.keep_scale(seed, M.RECURRENT_DROPOUT, recurrent_dropout,
-                                      (batch, hidden), x.dtype)
+                                      (batch, width), x.dtype)
     if training and dropconnect > 0:
         dropconnect_mask = M.keep_scale(seed, M.DROPCONNECT, dropconnect, tuple(w_hh.shape),
                                         w_hh.dtype)
@@ -81,6 +81,7 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
         training=bool(training), reverse=bool(reverse),
         **{field: weights.get(FIELD_PARAMETERS[field]) for field in cell.features.values()})
     probe = cell.call(None, **fields)
+    # torch's kernel has neither dropconnect (applied to W_hh above) nor the input layer norm.
     plain = (cell.is_plain(probe) and dropconnect_mask is None
              and weights.get("ln_ih_weight") is None)
     compiling_for_grad = (torch.compiler.is_compiling() and not torch.compiler.is_exporting()

@@ -71,6 +71,12 @@ def test_the_op_refuses_a_projection_on_a_backend_without_it():
         ops.forward(_lstm_call(proj_size=3), "triton")
 
 
+def test_the_fastrnn_op_is_not_run_by_the_native_backend():
+    with pytest.raises(ValueError, match=r"backend='native' does not implement "
+                                         r"fastrnn::lstm_forward"):
+        ops.forward(_lstm_call(proj_size=0), NATIVE)
+
+
 def test_a_backend_without_a_feature_reads_the_call_without_its_fields(monkeypatch):
     """What triton_backend and cuda_backend (written before proj_size) see: an LSTMCall that
     unpacks as the 17 fields they know, and whose gradients they return without d w_hr."""

@@ -40,9 +40,9 @@ class Request(NamedTuple):
     hidden: int = 0                    # H, the cell's width
     plain: bool = False                # torch.nn's math (Cell.is_plain): NATIVE can run it
     features: FrozenSet[str] = frozenset()  # optional features the call uses (Cell.features_of)
-    # Under torch.compile with autograd on, torch's kernel would be traced into one graph node per
-    # time step (its ATen decomposition) and does not compile on every device and dtype; the
-    # fastrnn ops stay one opaque node per layer there, so NATIVE is not used.
+    # Under torch.compile with autograd on, torch's kernel would be traced into graph nodes per
+    # time step (its ATen decomposition; with torch 2.13 on CPU in float32 that trace failed to
+    # compile); the fastrnn ops stay one opaque node per layer there, so NATIVE is not used.
     compiling_for_grad: bool = False
 
 
@@ -180,6 +180,10 @@ def backward(name: str, call, saved, grads):
 
 
 def _checked(name: str, call):
+    if name not in NAMES:
+        raise ValueError(f"backend={name!r} does not implement fastrnn::{cell_of(call).name}_forward"
+                         f" (backend={NATIVE!r} runs fastrnn::{cell_of(call).name}_native); "
+                         f"give one of {NAMES}")
     reason = _features_refused(name, cell_of(call).features_of(call))
     if reason is not None:
         raise ValueError(reason)
