@@ -4,17 +4,22 @@ Everything that differs between the LSTM and the GRU is stated here once and rea
 the modules, the functional layer, the op registration, the backends, the tests and the
 benchmark: the gates, the carried states, the fields of one recurrence call (the op's
 arguments), what the forward keeps for the backward, the layer-norm parameters and statistics,
-and which per-step masks the recurrence draws.  docs/math.md states the equations;
-docs/adding-a-cell.md lists what a new cell needs.
+and which per-step masks the recurrence draws.  ``fastrnn.reference`` states the equations
+(README.md "The math, briefly" in words); docs/ops.md is the op contract.
 
 A *recurrence call* is one layer and one direction over all T steps.  Its tensors and options
 travel as one ``LSTMCall`` / ``GRUCall`` from ``fastrnn.functional`` through the op registration
-(``fastrnn.ops``, whose schemas are generated from these classes) to each backend.
+(``fastrnn.ops``, whose schemas are generated from these classes) to each backend.  A call with
+no fastrnn-only option (``Cell.is_plain``) can instead run torch's own LSTM / GRU kernel as one
+``LSTMNativeCall`` / ``GRUNativeCall``: the input and weights of the layer, which that kernel
+projects itself, and the call fields torch.nn's cell has (``Cell.native_fields``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, NamedTuple, Optional, Tuple
+import functools
+import typing
+from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -27,19 +32,24 @@ LAYER_NORM_EPS = 1e-5
 # Long names of the states, as the modules name their learned initial states.
 STATE_NAMES = {"h": "hidden", "c": "cell"}
 
+# The module parameter (torch.nn's name, without the layer suffix) behind each call field of an
+# optional feature (``Cell.features``).
+FIELD_PARAMETERS = {"w_hr": "weight_hr"}
+
 
 class LSTMCall(NamedTuple):
-    """One LSTM layer and direction (gates i, f, g, o).  Shapes: T steps, B rows, H units."""
+    """One LSTM layer and direction (gates i, f, g, o).  Shapes: T steps, B rows, H units of the
+    cell; h has P = H units, or P < H with a projection (``w_hr``, torch.nn's ``proj_size``)."""
     gx: Tensor                        # [T, B, 4H] input projection of every step (incl. b_ih)
-    w_hh: Tensor                      # [4H, H] recurrent weight, dropconnect applied
+    w_hh: Tensor                      # [4H, P] recurrent weight, dropconnect applied
     b_hh: Optional[Tensor]            # [4H], added after the recurrent layer norm
     ln_hh_weight: Optional[Tensor]    # [4H] γ_hh; None: no layer norm
     ln_cell_weight: Optional[Tensor]  # [H] γ_c of the cell norm (given exactly with γ_hh)
     ln_cell_bias: Optional[Tensor]    # [H] β_c
-    h0: Tensor                        # [B, H]
+    h0: Tensor                        # [B, P]
     c0: Tensor                        # [B, H]
     lengths: Optional[Tensor]         # [B] int64 on the device, 1 <= L_b <= T; None: all T
-    recurrent_mask: Optional[Tensor]  # [B, H] inverted-dropout scale on h_{t-1}
+    recurrent_mask: Optional[Tensor]  # [B, P] inverted-dropout scale on h_{t-1}
     seed: Tensor                      # [] int64 on the device: key of the per-step masks
     ln_groups: int                    # 1 (statistics over 4H) or 4 (per gate)
     zoneout_cell: float
@@ -47,6 +57,10 @@ class LSTMCall(NamedTuple):
     candidate_dropout: float
     training: bool
     reverse: bool
+    # Fields of optional features (``Cell.features``) come last and default to off, so that the
+    # fields before them keep their positions for a backend that does not run the feature
+    # (``fastrnn.backends`` hands such a backend the call without them).
+    w_hr: Optional[Tensor] = None     # [P, H] h_t = W_hr (σ(o) ⊙ tanh(·)); None: no projection
 
 
 class GRUCall(NamedTuple):
@@ -66,9 +80,23 @@ class GRUCall(NamedTuple):
     reverse: bool
 
 
+class InputProjection(NamedTuple):
+    """What torch's own kernel takes instead of ``gx``: it computes W_ih x_t + b_ih itself."""
+    x: Tensor                         # [T, B, I] the layer input
+    w_ih: Tensor                      # [G·H, I]
+    b_ih: Optional[Tensor]            # [G·H]
+
+
+def _native_call(name: str, call: type, fields: Tuple[str, ...]) -> type:
+    """The call of torch's own kernel: ``InputProjection``, then ``fields`` of ``call``."""
+    hints = typing.get_type_hints(call)
+    return NamedTuple(name, [*typing.get_type_hints(InputProjection).items(),
+                             *((field, hints[field]) for field in fields)])
+
+
 class LSTMSaved(NamedTuple):
     """What the LSTM forward keeps for its backward."""
-    out: Tensor     # [T, B, H] h_t (the caller keeps it anyway)
+    out: Tensor     # [T, B, P] h_t (the caller keeps it anyway)
     preact: Tensor  # [T, B, 4H] gate pre-activations a_t (after layer norm and biases)
     cell: Tensor    # [T, B, H] float32 (float64 for float64 input): the carried c_t
     stats: Tensor   # [T, B, 2·ln_groups + 2] float32: means, then rstds of W_hh h, then of c~_t
@@ -93,6 +121,10 @@ class Cell:
     cell_norm: bool                    # normalizes the cell candidate c~ over H (LSTM)
     zoneout: Dict[str, str]            # module option -> call field
     step_masks: Dict[str, int]         # call field of a probability -> the per-step mask it draws
+    step_mask_states: Dict[str, str]   # call field of a per-step mask -> the state whose width it has
+    features: Dict[str, str]           # optional torch.nn feature -> the call field that turns it on
+    projected_states: Tuple[str, ...]  # the states whose width is P under the projection
+    native_fields: Tuple[str, ...]     # the call fields torch's own kernel takes (torch.nn's cell)
 
     @property
     def num_gates(self) -> int:
@@ -114,11 +146,35 @@ class Cell:
         """The forward op's results: out, the final states, then the saved tensors."""
         return ("out",) + tuple(f"{s}_n" for s in self.states) + self.saved._fields[1:]
 
+    @functools.cached_property
+    def native_call(self) -> type:
+        """The NamedTuple of one call of torch's own kernel: InputProjection + native_fields."""
+        return _native_call(f"{self.name.upper()}NativeCall", self.call, self.native_fields)
+
+    @property
+    def native_outputs(self) -> Tuple[str, ...]:
+        """What torch's own kernel returns: out and the final states (it saves nothing of ours)."""
+        return self.forward_outputs[:1 + len(self.states)]
+
     @property
     def differentiable(self) -> Tuple[str, ...]:
         """Call fields with a gradient, in the order the backward op returns them."""
         return (("gx", "w_hh", "b_hh") + self.norm_parameters
-                + tuple(f"{s}0" for s in self.states))
+                + tuple(f"{s}0" for s in self.states) + tuple(self.features.values()))
+
+    def features_of(self, call) -> FrozenSet[str]:
+        """The optional features (``features``) that ``call`` uses."""
+        return frozenset(name for name, field in self.features.items()
+                         if getattr(call, field) is not None)
+
+    def state_sizes(self, hidden: int, proj_size: int = 0) -> Dict[str, int]:
+        """Width of each carried state: H, or P for the projected ones when proj_size = P > 0."""
+        return {state: proj_size if proj_size and state in self.projected_states else hidden
+                for state in self.states}
+
+    def mask_width(self, field: str, call) -> int:
+        """Width of the per-step mask drawn for the probability ``field`` of ``call``."""
+        return getattr(call, f"{self.step_mask_states[field]}0").shape[-1]
 
     @property
     def layer_norm_shapes(self) -> Dict[str, str]:
@@ -137,7 +193,8 @@ class Cell:
         return dtype
 
     def is_plain(self, call) -> bool:
-        """No fastrnn-only option: the math of torch.nn's cell (torch's own kernels can run it)."""
+        """No fastrnn-only option: the math of torch.nn's cell, its projection included (torch's
+        own kernels can run it)."""
         return (call.ln_hh_weight is None and call.recurrent_mask is None
                 and not any(getattr(call, field) > 0 for field in self.step_masks))
 
@@ -152,21 +209,31 @@ LSTM = Cell(
     norm_parameters=("ln_hh_weight", "ln_cell_weight", "ln_cell_bias"), cell_norm=True,
     zoneout={"zoneout_cell": "zoneout_cell", "zoneout_hidden": "zoneout_hidden"},
     step_masks={"zoneout_cell": M.ZONEOUT_CELL, "zoneout_hidden": M.ZONEOUT_HIDDEN,
-                "candidate_dropout": M.CANDIDATE_DROPOUT})
+                "candidate_dropout": M.CANDIDATE_DROPOUT},
+    # zoneout of h acts on the (projected) h; the candidate tanh(g) has the cell's width.
+    step_mask_states={"zoneout_cell": "c", "zoneout_hidden": "h", "candidate_dropout": "c"},
+    features={"proj_size": "w_hr"}, projected_states=("h",),
+    native_fields=("w_hh", "b_hh", "h0", "c0", "lengths", "reverse", "w_hr"))
 
 GRU = Cell(
     name="gru", gates=("r", "z", "n"), states=("h",), call=GRUCall, saved=GRUSaved,
     norm_parameters=("ln_hh_weight",), cell_norm=False,
     zoneout={"zoneout": "zoneout_hidden"},
-    step_masks={"zoneout_hidden": M.ZONEOUT_HIDDEN, "candidate_dropout": M.CANDIDATE_DROPOUT})
+    step_masks={"zoneout_hidden": M.ZONEOUT_HIDDEN, "candidate_dropout": M.CANDIDATE_DROPOUT},
+    step_mask_states={"zoneout_hidden": "h", "candidate_dropout": "h"},
+    features={}, projected_states=(),
+    native_fields=("w_hh", "b_hh", "h0", "lengths", "reverse"))
 
 CELLS: Dict[str, Cell] = {cell.name: cell for cell in (LSTM, GRU)}
 
 
+LSTMNativeCall, GRUNativeCall = LSTM.native_call, GRU.native_call
+
+
 def cell_of(call) -> Cell:
-    """The cell whose call type ``call`` is."""
+    """The cell whose call type (or native call type) ``call`` is."""
     for cell in CELLS.values():
-        if isinstance(call, cell.call):
+        if isinstance(call, (cell.call, cell.native_call)):
             return cell
     raise TypeError(f"not a recurrence call: {type(call).__name__}")
 

@@ -1,7 +1,9 @@
 """One layer, one direction: the input projection, the call's masks, then the recurrence op.
 
 The modules (``fastrnn.modules``) stack these; ``lstm_layer`` / ``gru_layer`` are also the
-functional API for users who keep their own parameters.
+functional API for users who keep their own parameters.  A call with torch.nn's math runs on
+torch's own kernel when its backend resolves to "native" (``fastrnn.backends``): that kernel takes
+the layer input and W_ih itself, so no input projection is computed here.
 """
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import backends
 from . import masks as M
 from . import ops
-from .cells import GRU, LAYER_NORM_EPS, LSTM, Cell
+from .cells import FIELD_PARAMETERS, GRU, LAYER_NORM_EPS, LSTM, Cell
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight: Optional[Tensor],
@@ -31,20 +34,32 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
     return flat.reshape(gx.shape)
 
 
+@torch.compiler.assume_constant_result
+def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype, cell: str, hidden: int,
+                     plain: bool, features: Tuple[str, ...], compiling_for_grad: bool) -> str:
+    """``backends.resolve``, run by torch.compile at trace time: its module import is not
+    traceable, and its answer depends only on these arguments, which the graph guards."""
+    return backends.resolve(name, device, dtype, backends.Request(
+        cell=cell, hidden=hidden, plain=plain, features=frozenset(features),
+        compiling_for_grad=compiling_for_grad))
+
+
 def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
                initial: Dict[str, Tensor], lengths: Optional[Tensor], *, ln_groups: int,
                step_probabilities: Dict[str, float], recurrent_dropout: float, dropconnect: float,
                training: bool, reverse: bool, backend: str, layer: int = 0,
                direction: int = 0) -> Tuple[Tensor, ...]:
-    """x [T, B, I] -> (out [T, B, H], *final states [B, H]) for one layer and direction.
+    """x [T, B, I] -> (out [T, B, P], *final states) for one layer and direction (P = H, or
+    proj_size with the LSTM's ``weight_hr``; c is H-sized).
 
-    ``weights``: weight_ih, weight_hh, bias_ih, bias_hh and the layer-norm parameters present
-    (module names without the layer suffix); ``initial``: the call fields h0 (and c0);
+    ``weights``: weight_ih, weight_hh, bias_ih, bias_hh, weight_hr and the layer-norm parameters
+    present (module names without the layer suffix); ``initial``: the call fields h0 (and c0);
     ``step_probabilities``: the cell's per-step mask probabilities by call field (zoneout,
-    candidate dropout).  ``backend`` must be a concrete name (``fastrnn.backends.resolve``).
+    candidate dropout).  ``backend``: a name of ``fastrnn.backends.CHOICES``, "auto" included.
     """
-    steps, batch, hidden = x.shape[0], x.shape[1], weights["weight_hh"].shape[1]
+    steps, batch = x.shape[0], x.shape[1]
     w_hh = weights["weight_hh"]
+    width = w_hh.shape[1]  # of h (P under a projection), which the recurrent mask multiplies
     stochastic = (recurrent_dropout > 0 or dropconnect > 0
                   or any(p > 0 for p in step_probabilities.values()))
     active = training and stochastic
@@ -53,22 +68,36 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     recurrent_mask = dropconnect_mask = None
     if training and recurrent_dropout > 0:
         recurrent_mask = M.keep_scale(seed, M.RECURRENT_DROPOUT, recurrent_dropout,
-                                      (batch, hidden), x.dtype)
+                                      (batch, width), x.dtype)
     if training and dropconnect > 0:
         dropconnect_mask = M.keep_scale(seed, M.DROPCONNECT, dropconnect, tuple(w_hh.shape),
                                         w_hh.dtype)
         w_hh = w_hh * dropconnect_mask
-    call = cell.call(
-        gx=project_input(x, weights["weight_ih"], weights.get("bias_ih"),
-                         weights.get("ln_ih_weight"), ln_groups),
+    fields = dict(
         w_hh=w_hh, b_hh=weights.get("bias_hh"),
         **{name: weights.get(name) for name in cell.norm_parameters}, **initial,
         lengths=lengths, recurrent_mask=recurrent_mask, seed=seed, ln_groups=ln_groups,
         **{field: float(p) for field, p in step_probabilities.items()},
-        training=bool(training), reverse=bool(reverse))
+        training=bool(training), reverse=bool(reverse),
+        **{field: weights.get(FIELD_PARAMETERS[field]) for field in cell.features.values()})
+    probe = cell.call(None, **fields)
+    # torch's kernel has neither dropconnect (applied to W_hh above) nor the input layer norm.
+    plain = (cell.is_plain(probe) and dropconnect_mask is None
+             and weights.get("ln_ih_weight") is None)
+    compiling_for_grad = (torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                          and torch.is_grad_enabled())
+    backend = _resolve_backend(backend, x.device, x.dtype, cell.name,
+                               weights["weight_ih"].shape[0] // cell.num_gates, plain,
+                               tuple(sorted(cell.features_of(probe))), compiling_for_grad)
+    if backend == backends.NATIVE:
+        return ops.native(cell.native_call(
+            x=x, w_ih=weights["weight_ih"], b_ih=weights.get("bias_ih"),
+            **{field: fields[field] for field in cell.native_fields}))
+    call = cell.call(gx=project_input(x, weights["weight_ih"], weights.get("bias_ih"),
+                                      weights.get("ln_ih_weight"), ln_groups), **fields)
     if active and M.capturing():
         expanded = {field: (M.expand_step_masks(seed, kind, step_probabilities[field], steps,
-                                                batch, hidden)
+                                                batch, cell.mask_width(field, call))
                             if step_probabilities[field] > 0 else None)
                     for field, kind in cell.step_masks.items()}
         M.record(M.CallMasks(layer=layer, direction=direction, cell=cell.name,
@@ -85,14 +114,15 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                ln_groups: int = 1, zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0,
                recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
                dropconnect: float = 0.0, training: bool = False, reverse: bool = False,
-               backend: str = "reference", layer: int = 0,
+               w_hr: Optional[Tensor] = None, backend: str = "reference", layer: int = 0,
                direction: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
-    """x [T, B, I] -> (out [T, B, H], h_n [B, H], c_n [B, H]) for one LSTM layer and direction.
+    """x [T, B, I] -> (out [T, B, P], h_n [B, P], c_n [B, H]) for one LSTM layer and direction;
+    P = H, or the rows of the projection ``w_hr`` [P, H] (then w_hh is [4H, P], h0 [B, P]).
 
     ``layer`` and ``direction`` only label the call's masks for ``fastrnn.capture_masks``."""
     weights = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
                    ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
-                   ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias)
+                   ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias, weight_hr=w_hr)
     return recurrence(
         LSTM, x, weights, dict(h0=h0, c0=c0), lengths, ln_groups=ln_groups,
         step_probabilities=dict(zoneout_cell=zoneout_cell, zoneout_hidden=zoneout_hidden,

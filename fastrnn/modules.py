@@ -7,13 +7,18 @@ default, in which case the outputs equal torch's.  Each layer and direction is o
 stacking and the inter-layer dropout around them.
 
 With ``learn_initial_state=True`` the default initial states are parameters of shape (H,) per
-layer and direction, broadcast over the batch: ``initial_hidden_l{k}{s}`` (and, for the LSTM,
-``initial_cell_l{k}{s}``), zero at init.  An ``hx`` passed to forward replaces them.
+layer and direction (P for the LSTM's projected h), broadcast over the batch:
+``initial_hidden_l{k}{s}`` (and, for the LSTM, ``initial_cell_l{k}{s}``), zero at init.  An
+``hx`` passed to forward replaces them.
+
+TorchScript is not supported (``torch.jit.script`` and ``torch.jit.trace`` raise): the modules
+compile with ``torch.compile`` and deploy through ``torch.export`` or ONNX
+(``torch.onnx.export(model, args, dynamo=True)``, eval mode).
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import warnings
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -62,11 +67,11 @@ class _Layout:
         return h.squeeze(1) if self.unbatched else h
 
 
-@torch.compiler.assume_constant_result
-def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """``backends.resolve``, run by torch.compile at trace time: its module import is not
-    traceable, and its answer depends only on these arguments, which the graph guards."""
-    return backends.resolve(name, device, dtype)
+_NOT_SCRIPTABLE = (
+    "fastrnn modules do not support TorchScript ({what}): their layers are torch.library custom "
+    "ops with Python implementations.  To compile, use torch.compile(model); to deploy, use "
+    "torch.export.export(model, args) or ONNX with torch.onnx.export(model, args, dynamo=True) "
+    "on the model in eval mode.")
 
 
 def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor]) -> None:
@@ -83,12 +88,21 @@ class _RecurrentBase(nn.Module):
                  batch_first: bool, dropout: float, bidirectional: bool, *, layer_norm: bool,
                  ln_groups: int, zoneout: dict, recurrent_dropout: float,
                  candidate_dropout: float, dropconnect: float, learn_initial_state: bool,
-                 residual: bool, backend: str, device, dtype):
+                 residual: bool, backend: str, device, dtype, proj_size: int = 0):
         super().__init__()
+        # Sizes and dropout are checked as torch.nn checks them: input_size and hidden_size must
+        # be Python ints, num_layers and proj_size any integer (numpy's too), dropout any real
+        # number in [0, 1].
         V.positive_int("input_size", input_size)
         V.positive_int("hidden_size", hidden_size)
-        V.positive_int("num_layers", num_layers)
-        V.probability("dropout", dropout)
+        num_layers = V.positive_integer("num_layers", num_layers)
+        proj_size = V.projection_size(proj_size, hidden_size)
+        V.probability("dropout", dropout, allow_one=True)
+        if dropout > 0 and num_layers == 1:
+            # torch.nn's warning, word for word.
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
         V.probability("recurrent_dropout", recurrent_dropout)
         V.probability("candidate_dropout", candidate_dropout)
         V.probability("dropconnect", dropconnect)
@@ -98,6 +112,7 @@ class _RecurrentBase(nn.Module):
         V.choice("backend", backend, backends.CHOICES)
         self.input_size = input_size
         self.hidden_size = hidden_size
+        self.proj_size = proj_size
         self.num_layers = num_layers
         self.bias = bias
         self.batch_first = batch_first
@@ -115,21 +130,27 @@ class _RecurrentBase(nn.Module):
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         gate_width = self.cell.num_gates * hidden_size
+        output = self._state_sizes["h"]  # P with a projection, else H
         for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            layer_input = input_size if layer == 0 else output * self.num_directions
             for suffix in self._suffixes():
+                # torch.nn's parameters first, in its order, so that an optimizer's state (kept
+                # by parameter index) carries over; then fastrnn's.
                 self._register(f"weight_ih_l{layer}{suffix}", (gate_width, layer_input), True,
                                factory)
-                self._register(f"weight_hh_l{layer}{suffix}", (gate_width, hidden_size), True,
+                self._register(f"weight_hh_l{layer}{suffix}", (gate_width, output), True,
                                factory)
                 self._register(f"bias_ih_l{layer}{suffix}", (gate_width,), bias, factory)
                 self._register(f"bias_hh_l{layer}{suffix}", (gate_width,), bias, factory)
+                if proj_size:
+                    self._register(f"weight_hr_l{layer}{suffix}", (proj_size, hidden_size),
+                                   True, factory)
                 for name, size in self.cell.layer_norm_shapes.items():
                     shape = (gate_width if size == "gates" else hidden_size,)
                     self._register(f"{name}_l{layer}{suffix}", shape, layer_norm, factory)
-                for state in self.state_names:
-                    self._register(f"initial_{state}_l{layer}{suffix}", (hidden_size,),
-                                   learn_initial_state, factory)
+                for state, long_name in zip(self.cell.states, self.state_names):
+                    self._register(f"initial_{long_name}_l{layer}{suffix}",
+                                   (self._state_sizes[state],), learn_initial_state, factory)
         self.reset_parameters()
 
     # ------------------------------------------------------------------------ parameters
@@ -142,6 +163,11 @@ class _RecurrentBase(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     @property
+    def _state_sizes(self):
+        """{state: width}: H, and P for the LSTM's h under a projection."""
+        return self.cell.state_sizes(self.hidden_size, self.proj_size)
+
+    @property
     def state_names(self) -> Tuple[str, ...]:
         """("hidden", "cell") or ("hidden",): the learned initial states' names."""
         return tuple(cells.STATE_NAMES[state] for state in self.cell.states)
@@ -151,14 +177,18 @@ class _RecurrentBase(nn.Module):
                                 if present else None)
 
     def reset_parameters(self) -> None:
-        """weight_ih Xavier-uniform and weight_hh orthogonal per gate block; biases, learned
-        states and β zero; γ one (SPEC §4)."""
+        """weight_ih Xavier-uniform and weight_hh orthogonal per gate block, weight_hr (the
+        LSTM's projection) orthogonal; biases, learned states and β zero; γ one (SPEC §4).
+        This is not torch.nn's init (uniform ±1/√H everywhere): ``from_torch`` of a freshly
+        built torch module gives that one."""
         with torch.no_grad():
             for name, parameter in self.named_parameters():
                 if name.startswith("weight_ih"):
                     _init_per_gate(parameter, self.cell.num_gates, nn.init.xavier_uniform_)
                 elif name.startswith("weight_hh"):
                     _init_per_gate(parameter, self.cell.num_gates, nn.init.orthogonal_)
+                elif name.startswith("weight_hr"):
+                    nn.init.orthogonal_(parameter)
                 elif name.startswith("ln_") and "weight" in name:
                     nn.init.ones_(parameter)
                 else:
@@ -169,22 +199,36 @@ class _RecurrentBase(nn.Module):
 
     @classmethod
     def from_torch(cls, module: nn.RNNBase, **options):
-        """A fastrnn module with ``module``'s sizes, layout, weights, device and dtype, plus the
-        fastrnn ``options`` (layer_norm, zoneout, ...)."""
-        if getattr(module, "proj_size", 0):
-            raise ValueError(f"from_torch: proj_size must be 0, got {module.proj_size}")
+        """A fastrnn module with ``module``'s sizes (proj_size included), layout, weights,
+        device, dtype and training mode, plus the fastrnn ``options`` (layer_norm, zoneout, ...).
+
+        ``cls.from_torch(torch.nn.LSTM(...))`` is also how to get torch.nn's initialization."""
+        expected = nn.LSTM if cls.cell is cells.LSTM else nn.GRU
+        if not isinstance(module, expected):
+            raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{expected.__name__}, "
+                            f"got {type(module).__name__}")
         weight = module.weight_ih_l0
+        sizes = {"proj_size": module.proj_size} if module.proj_size else {}
         converted = cls(module.input_size, module.hidden_size, module.num_layers,
                         bias=module.bias, batch_first=module.batch_first,
                         dropout=module.dropout, bidirectional=module.bidirectional,
-                        device=weight.device, dtype=weight.dtype, **options)
+                        device=weight.device, dtype=weight.dtype, **sizes, **options)
         converted.load_state_dict(module.state_dict(), strict=False)
-        return converted
+        return converted.train(module.training)
+
+    def flatten_parameters(self) -> None:
+        """Does nothing, and is there so that code written for torch.nn runs unchanged:
+        torch.nn compacts its weights into one buffer for cuDNN, while fastrnn passes each
+        layer's parameters to its kernels as they are."""
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every module of a model before compiling it.
+        raise NotImplementedError(_NOT_SCRIPTABLE.format(what="torch.jit.script"))
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "layer_norm": False, "ln_groups": 1,
+                    "bidirectional": False, "proj_size": 0, "layer_norm": False, "ln_groups": 1,
                     **{name: 0.0 for name in self.cell.zoneout}, "recurrent_dropout": 0.0,
                     "candidate_dropout": 0.0, "dropconnect": 0.0, **self._extra_defaults(),
                     "learn_initial_state": False, "residual": False, "backend": "auto"}
@@ -197,6 +241,9 @@ class _RecurrentBase(nn.Module):
     # --------------------------------------------------------------------------- forward
 
     def forward(self, input, hx=None, lengths: Lengths = None):
+        if torch.jit.is_tracing():  # also how the classic ONNX exporter (dynamo=False) runs it
+            raise NotImplementedError(
+                _NOT_SCRIPTABLE.format(what="torch.jit.trace, torch.onnx.export(dynamo=False)"))
         if not isinstance(input, PackedSequence):
             V.input_tensor(input, self.input_size)
         else:
@@ -218,7 +265,6 @@ class _RecurrentBase(nn.Module):
         V.same_device_and_dtype("input", x, reference.device,
                                 None if autocasting else reference.dtype)
         dtype = torch.get_autocast_dtype(device_type) if autocasting else x.dtype
-        backend = _resolve_backend(self.backend, x.device, dtype)
         if layout.packed is not None:
             lengths = layout.packed_lengths.to(x.device)
         elif lengths is not None:
@@ -234,18 +280,18 @@ class _RecurrentBase(nn.Module):
                      else contextlib.nullcontext())
         with cast_once:
             out, finals = self._layers(x.to(dtype).contiguous(),
-                                       tuple(s.to(dtype) for s in states), lengths, backend,
-                                       dtype)
+                                       tuple(s.to(dtype) for s in states), lengths,
+                                       self.backend, dtype)
         return layout.output(out), self._pack_states(tuple(layout.state(f) for f in finals))
 
     def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor) -> Tuple[Tensor, ...]:
-        """The (L·D, B, H) initial states: checked ``hx``, learned ones, or zeros."""
+        """The (L·D, B, width) initial states: checked ``hx``, learned ones, or zeros."""
         count = self.num_layers * self.num_directions
+        widths = [self._state_sizes[state] for state in self.cell.states]
         if hx is not None:
             given = self._unpack_states(hx)
-            shape = (count, self.hidden_size) if layout.unbatched else (count, batch,
-                                                                         self.hidden_size)
-            for name, value in zip(self._state_arg_names(), given):
+            for name, value, width in zip(self._state_arg_names(), given, widths):
+                shape = (count, width) if layout.unbatched else (count, batch, width)
                 V.state(name, value, shape, x.device, x.dtype)
             if layout.unbatched:
                 return tuple(s.unsqueeze(1) for s in given)
@@ -254,10 +300,9 @@ class _RecurrentBase(nn.Module):
             return tuple(torch.stack([self._parameter(f"initial_{state}", layer, direction)
                                       for layer in range(self.num_layers)
                                       for direction in range(self.num_directions)])
-                         .unsqueeze(1).expand(count, batch, self.hidden_size)
-                         for state in self.state_names)
-        zeros = x.new_zeros(count, batch, self.hidden_size)
-        return (zeros,) * len(self.state_names)
+                         .unsqueeze(1).expand(count, batch, width)
+                         for state, width in zip(self.state_names, widths))
+        return tuple(x.new_zeros(count, batch, width) for width in widths)
 
     def _layers(self, x: Tensor, states: Tuple[Tensor, ...], lengths: Optional[Tensor],
                 backend: str, dtype: torch.dtype):
@@ -290,7 +335,7 @@ class _RecurrentBase(nn.Module):
 
     def _weight_names(self) -> List[str]:
         return (["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
-                + list(self.cell.layer_norm_shapes))
+                + (["weight_hr"] if self.proj_size else []) + list(self.cell.layer_norm_shapes))
 
     def _recur(self, x, states, lengths, weights, backend, layer, direction):
         """One layer and direction: (out, *final states)."""
@@ -327,7 +372,8 @@ class _RecurrentBase(nn.Module):
 
     def _empty_result(self, layout: _Layout, x: Tensor, states, dtype):
         """B = 0: empty outputs of the right shapes, without calling any kernel."""
-        out = x.new_empty(x.shape[0], 0, self.num_directions * self.hidden_size, dtype=dtype)
+        out = x.new_empty(x.shape[0], 0, self.num_directions * self._state_sizes["h"],
+                          dtype=dtype)
         return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype))
                                                            for s in states))
 
@@ -337,28 +383,30 @@ class LSTM(_RecurrentBase):
     cell and hidden states, recurrent / candidate dropout, dropconnect on W_hh, a forget-gate
     bias init, learned initial states and residual connections (SPEC §1-4).
 
-    ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM.
+    ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM, its
+    ``proj_size`` included: h, h_n and out have P = proj_size units (``weight_hr_l{k}`` of shape
+    (P, H) projects σ(o) ⊙ tanh(·)), c stays H-sized.  Layer norm and the regularizers act on the
+    H-sized cell; zoneout of h and recurrent dropout on the projected h.
     """
 
     cell = cells.LSTM
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 *, layer_norm: bool = False, ln_groups: int = 1, zoneout_cell: float = 0.0,
-                 zoneout_hidden: float = 0.0, recurrent_dropout: float = 0.0,
-                 candidate_dropout: float = 0.0, dropconnect: float = 0.0,
-                 forget_bias: float = 1.0, learn_initial_state: bool = False,
-                 residual: bool = False, backend: str = "auto", device=None, dtype=None):
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
-                or not math.isfinite(forget_bias):
-            raise TypeError(f"forget_bias must be a finite float, got {forget_bias!r}")
-        self.forget_bias = float(forget_bias)
+                 proj_size: int = 0, *, layer_norm: bool = False, ln_groups: int = 1,
+                 zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0,
+                 recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
+                 dropconnect: float = 0.0, forget_bias: float = 1.0,
+                 learn_initial_state: bool = False, residual: bool = False, backend: str = "auto",
+                 device=None, dtype=None):
+        self.forget_bias = V.finite_real("forget_bias", forget_bias)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, layer_norm=layer_norm, ln_groups=ln_groups,
                          zoneout={"zoneout_cell": zoneout_cell, "zoneout_hidden": zoneout_hidden},
                          recurrent_dropout=recurrent_dropout, candidate_dropout=candidate_dropout,
                          dropconnect=dropconnect, learn_initial_state=learn_initial_state,
-                         residual=residual, backend=backend, device=device, dtype=dtype)
+                         residual=residual, backend=backend, device=device, dtype=dtype,
+                         proj_size=proj_size)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()

@@ -15,6 +15,13 @@ one registered formula.  The schemas are generated from the call types of ``fast
   The backward works from the saved tensors: ``gx`` is not an argument (backends see
   ``call.gx = None``).
 
+A call with torch.nn's math (``Cell.is_plain``) can instead run torch's own kernel through
+``torch.ops.fastrnn.<cell>_native``, whose schema is generated from the cell's ``native_call``:
+``(x, w_ih, b_ih, <native fields>) -> (out, h_n[, c_n])``.  Its autograd is torch's: in eager mode
+the op runs ``torch._VF.lstm`` / ``gru`` with autograd recording (the kernels and backward of
+torch.nn), and below autograd (no gradient needed, ``torch.export``, ``torch.compile`` for
+inference) it is one opaque op with a fake implementation.
+
 docs/ops.md is the full contract.
 """
 from __future__ import annotations
@@ -58,13 +65,28 @@ def backward_schema(cell: Cell) -> str:
     return f"({_argument_list(arguments)}, str backend) -> ({results})"
 
 
+def native_schema(cell: Cell) -> str:
+    fields = list(typing.get_type_hints(cell.native_call).items())
+    results = ", ".join("Tensor" for _ in cell.native_outputs)
+    return f"({_argument_list(fields)}) -> ({results})"
+
+
 def forward(call, backend: str) -> Tuple[Tensor, ...]:
     """Runs a recurrence call through the op: (out, h_n[, c_n], *saved)."""
     return _forward_op(cell_of(call))(*call, backend)
 
 
+def native(call) -> Tuple[Tensor, ...]:
+    """Runs a native call (``fastrnn.cells``) on torch's own kernel: (out, h_n[, c_n])."""
+    return _native_op(cell_of(call))(*call)
+
+
 def _forward_op(cell: Cell):
     return getattr(torch.ops.fastrnn, f"{cell.name}_forward").default
+
+
+def _native_op(cell: Cell):
+    return getattr(torch.ops.fastrnn, f"{cell.name}_native").default
 
 
 def _backward_op(cell: Cell):
@@ -102,7 +124,7 @@ def _register(cell: Cell) -> None:
     def forward_impl(*arguments):
         call, backend = _split_forward_arguments(cell, arguments)
         _check_layer_norm_parameters(cell, call)
-        return tuple(backends.get(backend).forward(call))
+        return backends.forward(backend, call)
 
     def forward_fake(*arguments):
         call, _ = _split_forward_arguments(cell, arguments)
@@ -111,7 +133,7 @@ def _register(cell: Cell) -> None:
 
     def backward_impl(*arguments):
         grads, saved, call, backend = _split_backward_arguments(cell, arguments)
-        return tuple(backends.get(backend).backward(call, saved, grads))
+        return backends.backward(backend, call, saved, grads)
 
     def backward_fake(*arguments):
         _, saved, call, _ = _split_backward_arguments(cell, arguments)
@@ -165,19 +187,57 @@ def _register(cell: Cell) -> None:
 
 
 def _fake_forward(cell: Cell, call) -> Tuple[Tensor, ...]:
-    """Shapes and dtypes of the forward results (docs/ops.md), without computing anything."""
+    """Shapes and dtypes of the forward results (docs/ops.md), without computing anything: out
+    and the final states have the widths of the initial states (h is P-sized under a
+    projection), the other saved tensors the cell's H (gates G·H, stats their own)."""
     gx = call.gx
-    steps, batch, hidden = gx.shape[0], gx.shape[1], call.w_hh.shape[1]
+    steps, batch, hidden = gx.shape[0], gx.shape[1], gx.shape[2] // cell.num_gates
     width = cell.stats_width(call.ln_hh_weight is not None, call.ln_groups)
-    shapes = {"out": (steps, batch, hidden), "preact": tuple(gx.shape),
+    shapes = {"out": (steps, batch, call.h0.shape[1]), "preact": tuple(gx.shape),
               "stats": (steps, batch, width)}
     results = [gx.new_empty(shapes["out"])]
-    results += [gx.new_empty(batch, hidden) for _ in cell.states]
+    results += [gx.new_empty(getattr(call, f"{state}0").shape) for state in cell.states]
     for field in cell.saved._fields[1:]:
         results.append(gx.new_empty(shapes.get(field, (steps, batch, hidden)),
                                     dtype=cell.saved_dtype(field, gx.dtype)))
     return tuple(results)
 
 
+def _register_native(cell: Cell) -> None:
+    """``fastrnn::<cell>_native``: torch's own kernel, with torch's autograd (module docstring)."""
+    name = f"{cell.name}_native"
+    _LIBRARY.define(name + native_schema(cell))
+    op = _native_op(cell)
+
+    def run(*arguments):
+        return tuple(backends.get(backends.NATIVE).run(cell.native_call(*arguments)))
+
+    def autograd_kernel(*arguments):
+        recorded = torch.is_grad_enabled() and any(
+            isinstance(a, Tensor) and a.requires_grad for a in arguments)
+        if recorded and not torch.compiler.is_compiling():
+            return run(*arguments)   # torch's ops record their own backward
+        if recorded and not torch.compiler.is_exporting():
+            raise ValueError(backends.NATIVE_NOT_COMPILED_FOR_GRAD)
+        # Nothing to record, or torch.export tracing the op as one node: below autograd, the
+        # fake implementation gives the shapes (symbolic in T and B) and ``run`` the values.
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*arguments)
+
+    _LIBRARY.impl(name, autograd_kernel, "Autograd")
+    _LIBRARY.impl(name, run, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"fastrnn::{name}",
+                                lambda *arguments: _fake_native(cell, cell.native_call(*arguments)),
+                                lib=_LIBRARY)
+
+
+def _fake_native(cell: Cell, call) -> Tuple[Tensor, ...]:
+    steps, batch = call.x.shape[0], call.x.shape[1]
+    initial = [getattr(call, f"{state}0") for state in cell.states]
+    return (call.x.new_empty(steps, batch, initial[0].shape[1]),
+            *(state.new_empty(state.shape) for state in initial))
+
+
 for _cell in CELLS.values():
     _register(_cell)
+    _register_native(_cell)

@@ -1,4 +1,4 @@
-"""Reference cells: the equations of docs/math.md, one time step at a time, in plain PyTorch.
+"""Reference cells: the equations of every cell, one time step at a time, in plain PyTorch.
 
 These functions are the statement of the math that every fused kernel is judged against, and
 the "reference" backend of the fastrnn ops (CPU, float64, and the fallback on CUDA).
@@ -73,10 +73,10 @@ class StepMasks:
     """The per-step masks one step of a call draws (none in eval mode), by call field."""
 
     def __init__(self, call, masks: MaskSource, t: int):
-        batch, hidden = call.h0.shape
+        cell, batch = cell_of(call), call.h0.shape[0]
         self.hits = {field: masks.hits(field, kind, getattr(call, field) if call.training else 0.0,
-                                       t, batch, hidden)
-                     for field, kind in cell_of(call).step_masks.items()}
+                                       t, batch, cell.mask_width(field, call))
+                     for field, kind in cell.step_masks.items()}
 
     def __getattr__(self, field: str) -> Optional[Tensor]:
         try:
@@ -99,8 +99,17 @@ def _candidate_scale(hits: Optional[Tensor], p: float) -> Optional[Tensor]:
     return None if hits is None else (~hits).to(torch.float32) / (1.0 - p)
 
 
+def project_output(m: Tensor, call: LSTMCall, dtype: torch.dtype) -> Tensor:
+    """h~ = W_hr m (torch.nn's proj_size), reading m rounded to the input dtype like the
+    recurrent product reads h; m itself without a projection."""
+    if call.w_hr is None:
+        return m
+    return (m.to(dtype) @ call.w_hr.t()).to(m.dtype)
+
+
 def lstm_step(call: LSTMCall, gx_t: Tensor, h: Tensor, c: Tensor, masks: StepMasks):
-    """One LSTM step. h: [B, H] in the input dtype, c: [B, H] float32/64.
+    """One LSTM step. h: [B, P] in the input dtype, c: [B, H] float32/64 (P = H without a
+    projection).
 
     Returns (h_t, c_t, preact, stats): the zoned states and what the kernels save for backward.
     """
@@ -120,7 +129,7 @@ def lstm_step(call: LSTMCall, gx_t: Tensor, h: Tensor, c: Tensor, masks: StepMas
         normalized, mean_c, rstd_c = normalize(c_new, 1)
         y = call.ln_cell_weight * normalized + call.ln_cell_bias
         stats = stats + [mean_c, rstd_c]
-    h_new = torch.sigmoid(o) * torch.tanh(y)
+    h_new = project_output(torch.sigmoid(o) * torch.tanh(y), call, h.dtype)
     c_t = zoneout(c, c_new, call.zoneout_cell, masks.zoneout_cell, call.training)
     h_t = zoneout(h.to(acc), h_new, call.zoneout_hidden, masks.zoneout_hidden,
                   call.training).to(h.dtype)
@@ -163,7 +172,7 @@ def _keep_if(active, new, old):
 
 
 def lstm_sequence(call: LSTMCall, masks: MaskSource):
-    """Runs an LSTM layer over call.gx [T, B, 4H].
+    """Runs an LSTM layer over call.gx [T, B, 4H] (h and out P-sized under a projection).
 
     Returns (out, h_n, c_n, preact, cell, stats) with the shapes of ``fastrnn::lstm_forward``.
     Steps t >= lengths[b] leave the state unchanged and emit zeros (their saved rows are zero).
@@ -291,17 +300,18 @@ def _cast_or_empty(grad: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskSource):
-    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0) from
-    ``grads`` = (d out, d h_n, d c_n)."""
+    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, w_hr)
+    from ``grads`` = (d out, d h_n, d c_n)."""
     grad_out, grad_h_n, grad_c_n = grads
     out, preact, cell = saved.out, saved.preact, saved.cell
-    steps, batch, hidden = out.shape
+    steps = out.shape[0]
     acc = accumulate_dtype(out.dtype)
     h_prevs = previous_states(out, call.h0, call.lengths, call.reverse)
     c_prevs = previous_states(cell.to(acc), call.c0.to(acc), call.lengths, call.reverse)
     recurrent = _RecurrentGrads(call, acc)
     d_cell_w = _zeros_like_present(call.ln_cell_weight, acc)
     d_cell_b = _zeros_like_present(call.ln_cell_bias, acc)
+    d_w_hr = _zeros_like_present(call.w_hr, acc)
     d_gx = torch.zeros(preact.shape, dtype=acc, device=out.device)
     dh, dc = grad_h_n.to(acc), grad_c_n.to(acc)
     for t in reversed(list(_time_order(steps, call.reverse))):
@@ -322,8 +332,14 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
             normalized, _, rstd_c = normalize(c_new, 1)
             y = call.ln_cell_weight * normalized + call.ln_cell_bias
         tanh_y = torch.tanh(y)
-        d_o = d_h_new * tanh_y * o * (1 - o)
-        d_y = d_h_new * o * (1 - tanh_y * tanh_y)
+        active = _active(call.lengths, t)
+        d_m = d_h_new  # d of m = σ(o) ⊙ tanh(y), through h~ = W_hr m under a projection
+        if call.w_hr is not None:
+            d_projected = _keep_if(active, d_h_new, torch.zeros_like(d_h_new))
+            d_w_hr += d_projected.t() @ (o * tanh_y).to(out.dtype).to(acc)
+            d_m = d_h_new @ call.w_hr.to(acc)
+        d_o = d_m * tanh_y * o * (1 - o)
+        d_y = d_m * o * (1 - tanh_y * tanh_y)
         if call.ln_cell_weight is not None:
             d_cell_w_t, d_cell_b_t = (d_y * normalized), d_y
             d_c_new = d_c_new + normalize_backward(d_y * call.ln_cell_weight, normalized, rstd_c, 1)
@@ -334,7 +350,6 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
         d_g = d_c_new * i * (1 - g * g) * (1.0 if scale is None else scale.to(acc))
         d_c_prev = d_c_prev + d_c_new * f
         d_a = torch.cat([d_i, d_f, d_g, d_o], dim=-1)
-        active = _active(call.lengths, t)
         if active is not None:
             d_a = torch.where(active, d_a, 0.0)
         d_gx[t] = d_a
@@ -345,7 +360,8 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
         dh, dc = _keep_if(active, d_h_prev, dh), _keep_if(active, d_c_prev, dc)
     d_w_hh, d_b_hh, d_ln_hh = recurrent.results()
     return (d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, _cast_or_empty(d_cell_w, call.w_hh),
-            _cast_or_empty(d_cell_b, call.w_hh), dh.to(call.h0.dtype), dc.to(call.c0.dtype))
+            _cast_or_empty(d_cell_b, call.w_hh), dh.to(call.h0.dtype), dc.to(call.c0.dtype),
+            _cast_or_empty(d_w_hr, call.w_hh))
 
 
 def gru_sequence_backward(call: GRUCall, saved: GRUSaved, grads, masks: MaskSource):

@@ -7,6 +7,8 @@ raise ValueError.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -14,19 +16,49 @@ from torch import Tensor
 
 
 def positive_int(name: str, value) -> None:
+    """A Python int > 0 (torch.nn's rule for input_size and hidden_size)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be a positive int, got {value!r}")
     if value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value}")
 
 
+def positive_integer(name: str, value) -> int:
+    """An integer > 0 of any integer type, numpy's included (torch.nn's rule for num_layers);
+    returned as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def projection_size(value, hidden_size: int) -> int:
+    """proj_size: 0 (no projection) or an integer in [1, hidden_size), as torch.nn.LSTM checks."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"proj_size must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"proj_size must be 0 (no projection) or positive, got {value}")
+    if value >= hidden_size:
+        raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}, got {value}")
+    return int(value)
+
+
 def probability(name: str, value, allow_one: bool = False) -> None:
-    """p in [0, 1), or [0, 1] with ``allow_one`` (zoneout 1.0 freezes the state)."""
+    """p in [0, 1), or [0, 1] with ``allow_one`` (zoneout 1.0 freezes the state), of any real
+    type, numpy's included (torch.nn accepts any ``numbers.Number`` for its dropout)."""
     interval = "[0, 1]" if allow_one else "[0, 1)"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float in {interval}, got {value!r}")
     if not (0.0 <= value < 1.0 or (allow_one and value == 1.0)):
         raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def finite_real(name: str, value) -> float:
+    """A finite real number of any real type, returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float, got {value!r}")
+    return float(value)
 
 
 def choice(name: str, value, choices: Sequence) -> None:

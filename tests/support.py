@@ -52,6 +52,20 @@ OPTIONS: Dict[str, dict] = {
                             zoneout_cell=0.3, zoneout_hidden=0.2, candidate_dropout=0.2),
 }
 
+# The LSTM's projection (proj_size, call field w_hr) with the options above, for the backends
+# that run it (fastrnn.backends: FEATURES); P = 3 < H.
+PROJECTION: Dict[str, dict] = {
+    "projection": dict(proj_size=3),
+    "projection_lengths_reverse": dict(proj_size=3, reverse=True, lengths=[2, 5, 3]),
+    "projection_everything": dict(proj_size=3, layer_norm=True, lengths=[4, 5, 1], bias=False,
+                                  **REGULARIZED),
+    "projection_everything_per_gate_reverse": dict(proj_size=3, layer_norm=True, per_gate=True,
+                                                   reverse=True, lengths=[5, 2, 4], **REGULARIZED),
+    "projection_everything_eval": dict(proj_size=3, layer_norm=True, training=False,
+                                       lengths=[3, 5, 2], zoneout_cell=0.3, zoneout_hidden=0.2,
+                                       candidate_dropout=0.2),
+}
+
 
 @dataclasses.dataclass
 class Case:
@@ -70,6 +84,7 @@ class Case:
     training: bool = True
     reverse: bool = False
     lengths: Optional[list] = None
+    proj_size: int = 0               # LSTM only: h has P = proj_size units
 
     @property
     def spec(self):
@@ -79,10 +94,15 @@ class Case:
     def gates(self) -> int:
         return self.spec.num_gates
 
+    @property
+    def width(self) -> int:
+        """The width of h (P under a projection)."""
+        return self.proj_size or self.hidden
+
 
 def case(cell: str, name: str, **overrides) -> Case:
-    """The option set ``name`` of OPTIONS for ``cell``, with ``overrides`` (sizes, options)."""
-    options = dict(OPTIONS[name], **overrides)
+    """The option set ``name`` of OPTIONS (or PROJECTION) for ``cell``, with ``overrides``."""
+    options = dict(OPTIONS[name] if name in OPTIONS else PROJECTION[name], **overrides)
     if options.pop("per_gate", False):
         options["ln_groups"] = CELLS[cell].num_gates
     if cell != "lstm":
@@ -99,18 +119,20 @@ def cases(names=None, cells=tuple(CELLS), **overrides) -> Dict[str, Case]:
 def make_inputs(case: Case, dtype=torch.float32, device="cpu", generator_seed=0):
     """The call's fields as a dict: float64 master tensors (cast per run), the seed, options."""
     g = torch.Generator().manual_seed(generator_seed)
-    T, B, H, G = case.steps, case.batch, case.hidden, case.gates
+    T, B, H, G, P = case.steps, case.batch, case.hidden, case.gates, case.width
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale)
 
     inputs = {
         "gx": rnd(T, B, G * H),
-        "w_hh": rnd(G * H, H, scale=H ** -0.5),
+        "w_hh": rnd(G * H, P, scale=P ** -0.5),
         "b_hh": rnd(G * H, scale=0.1) if case.bias else None,
         "ln_hh_weight": (1 + rnd(G * H, scale=0.2)) if case.layer_norm else None,
-        "h0": rnd(B, H, scale=0.5),
+        "h0": rnd(B, P, scale=0.5),
     }
+    if "proj_size" in case.spec.features:
+        inputs["w_hr"] = rnd(P, H, scale=H ** -0.5) if case.proj_size else None
     if case.spec.cell_norm:
         inputs["ln_cell_weight"] = (1 + rnd(H, scale=0.2)) if case.layer_norm else None
         inputs["ln_cell_bias"] = rnd(H, scale=0.1) if case.layer_norm else None
@@ -120,7 +142,7 @@ def make_inputs(case: Case, dtype=torch.float32, device="cpu", generator_seed=0)
     inputs["seed"] = seed
     inputs["lengths"] = None if case.lengths is None else torch.tensor(case.lengths, dtype=torch.int64)
     inputs["recurrent_mask"] = (M.keep_scale(seed, M.RECURRENT_DROPOUT, case.recurrent_dropout,
-                                             (B, H), torch.float64)
+                                             (B, P), torch.float64)
                                 if case.recurrent_dropout > 0 and case.training else None)
     return inputs
 

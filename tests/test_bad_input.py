@@ -16,6 +16,7 @@ def no_kernel_runs(monkeypatch):
         raise AssertionError("a kernel ran before the bad input was rejected")
 
     monkeypatch.setattr(backends.get("reference"), "forward", reached)
+    monkeypatch.setattr(backends.get("native"), "run", reached)
 
 
 def lstm(**kwargs):
@@ -128,12 +129,47 @@ def test_lengths_with_packed_or_unbatched_input():
         gru()(x(5, 3), lengths=[5])
 
 
-@pytest.mark.parametrize("name", ["recurrent_dropout", "candidate_dropout", "dropconnect",
-                                  "dropout"])
+@pytest.mark.parametrize("name", ["recurrent_dropout", "candidate_dropout", "dropconnect"])
 @pytest.mark.parametrize("value", [1.0, -0.1, 1.5, float("nan")])
 def test_dropout_probabilities_out_of_range(name, value):
     with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\), got"):
         fastrnn.LSTM(3, 4, **{name: value})
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_inter_layer_dropout_out_of_range(value):
+    """dropout is torch.nn's option and takes what torch.nn takes: [0, 1]."""
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\], got"):
+        fastrnn.LSTM(3, 4, num_layers=2, dropout=value)
+    with pytest.raises(ValueError):
+        torch.nn.LSTM(3, 4, num_layers=2, dropout=value)
+    assert fastrnn.LSTM(3, 4, num_layers=2, dropout=1.0).dropout == 1.0
+
+
+@pytest.mark.parametrize("value", [-1, 4, 5])
+def test_proj_size_out_of_range(value):
+    with pytest.raises(ValueError, match=rf"proj_size must be .*got {value}"):
+        fastrnn.LSTM(3, 4, proj_size=value)
+    with pytest.raises(ValueError):
+        torch.nn.LSTM(3, 4, proj_size=value)
+
+
+def test_proj_size_of_wrong_type():
+    with pytest.raises(TypeError, match=r"proj_size must be an int, got 2.0"):
+        fastrnn.LSTM(3, 4, proj_size=2.0)
+
+
+def test_projection_on_a_backend_without_it():
+    """A backend whose kernels lack a feature refuses it by name before anything runs."""
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run proj_size > 0"):
+        fastrnn.LSTM(3, 4, proj_size=2, backend="triton")(x())
+
+
+def test_fastrnn_options_on_the_native_backend():
+    with pytest.raises(ValueError, match=r"backend='native' runs torch.nn's cells only"):
+        fastrnn.LSTM(3, 4, zoneout_cell=0.1, backend="native")(x())
+    with pytest.raises(ValueError, match=r"backend='native' runs torch.nn's cells only"):
+        fastrnn.GRU(3, 4, layer_norm=True, backend="native")(x())
 
 
 @pytest.mark.parametrize("make,name", [(fastrnn.LSTM, "zoneout_cell"),
@@ -173,7 +209,7 @@ def test_ln_groups_must_be_one_or_gate_count():
 
 def test_unknown_backend():
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', "
-                                         r"'triton', 'cuda'\), got 'cudnn'"):
+                                         r"'triton', 'cuda', 'native'\), got 'cudnn'"):
         fastrnn.LSTM(3, 4, backend="cudnn")
 
 
@@ -188,10 +224,11 @@ def test_forget_bias_must_be_a_number():
         fastrnn.LSTM(3, 4, forget_bias="one")
 
 
-def test_the_guard_catches_a_kernel_call():
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["native", "reference"])
+def test_the_guard_catches_a_kernel_call(options):
     """The autouse guard is live: a valid call does reach the (patched) kernel."""
     with pytest.raises(AssertionError, match="a kernel ran"):
-        lstm()(x())
+        lstm(**options)(x())
 
 
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU])

@@ -1,5 +1,7 @@
 """fastrnn.LSTM / GRU as drop-in modules: torch.nn equality for every layout with the options
-off (float64), lengths, residual, learned initial states, parameters, init, repr, swapping."""
+off (float64) on the reference and on torch's own kernel (backend="native", what "auto" picks
+for such a module on CPU), lengths, residual, learned initial states, parameters, init, repr,
+swapping."""
 from __future__ import annotations
 
 import math
@@ -14,6 +16,9 @@ from support import max_rel_err
 
 TORCH_OF = {fastrnn.LSTM: nn.LSTM, fastrnn.GRU: nn.GRU}
 CELLS = [fastrnn.LSTM, fastrnn.GRU]
+# The reference states the math; "native" must match torch.nn because it is torch's kernel
+# behind the fastrnn op (lengths and reverse rewritten, see fastrnn/backends/native_backend.py).
+BACKENDS = ["reference", "native"]
 REL = 1e-12
 
 
@@ -38,10 +43,10 @@ def assert_rel_close(actual, expected, name, rel=REL):
     assert err <= rel, f"{name}: relative error {err:.2e}"
 
 
-def torch_twin(cls, **kwargs):
+def torch_twin(cls, backend="reference", **kwargs):
     """(torch module, fastrnn module with the same weights), float64."""
     reference = TORCH_OF[cls](dtype=torch.float64, **kwargs)
-    return reference, cls.from_torch(reference)
+    return reference, cls.from_torch(reference, backend=backend)
 
 
 def run_both(reference, module, x_master, make_input=lambda x: x, hx=None):
@@ -70,11 +75,12 @@ def assert_same_results(out, grads, ref_out, ref_grads):
 
 
 def random_hx(module, batch):
-    """One random (L·D, B, H) initial state per state of the module (h, or h and c);
-    (L·D, H) for unbatched input (batch None)."""
-    shape = (module.num_layers * module.num_directions,
-             *([] if batch is None else [batch]), module.hidden_size)
-    return [torch.randn(shape, dtype=torch.float64) for _ in module.state_names]
+    """One random (L·D, B, width) initial state per state of the module (h, or h and c; h is
+    proj_size wide under a projection); (L·D, width) for unbatched input (batch None)."""
+    widths = {"hidden": module.proj_size or module.hidden_size, "cell": module.hidden_size}
+    return [torch.randn(module.num_layers * module.num_directions,
+                        *([] if batch is None else [batch]), widths[name], dtype=torch.float64)
+            for name in module.state_names]
 
 
 LAYOUTS = {
@@ -87,21 +93,23 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_matches_torch_for_every_layout(cls, layout):
+def test_matches_torch_for_every_layout(cls, layout, backend):
     spec = LAYOUTS[layout]
-    reference, module = torch_twin(cls, input_size=4, hidden_size=5, **spec["kwargs"])
+    reference, module = torch_twin(cls, backend, input_size=4, hidden_size=5, **spec["kwargs"])
     x = torch.randn(*spec["shape"], dtype=torch.float64)
     (ref_out, ref_grads), (out, grads) = run_both(reference, module, x)
     assert_same_results(out, grads, ref_out, ref_grads)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch", [5, None], ids=["batched", "unbatched"])
-def test_matches_torch_with_hx(cls, bidirectional, batch):
-    reference, module = torch_twin(cls, input_size=3, hidden_size=4, num_layers=2,
+def test_matches_torch_with_hx(cls, bidirectional, batch, backend):
+    reference, module = torch_twin(cls, backend, input_size=3, hidden_size=4, num_layers=2,
                                    bidirectional=bidirectional)
     hx = random_hx(module, batch)
     x = torch.randn(7, *([] if batch is None else [batch]), 3, dtype=torch.float64)
@@ -109,11 +117,12 @@ def test_matches_torch_with_hx(cls, bidirectional, batch):
     assert_same_results(out, grads, ref_out, ref_grads)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_matches_torch_for_packed_sequences(cls, enforce_sorted, bidirectional):
-    reference, module = torch_twin(cls, input_size=3, hidden_size=4, num_layers=2,
+def test_matches_torch_for_packed_sequences(cls, enforce_sorted, bidirectional, backend):
+    reference, module = torch_twin(cls, backend, input_size=3, hidden_size=4, num_layers=2,
                                    bidirectional=bidirectional)
     lengths = [6, 4, 4, 1] if enforce_sorted else [2, 6, 1, 4]
     x = torch.randn(6, 4, 3, dtype=torch.float64)
@@ -276,8 +285,8 @@ def test_from_torch_and_load_state_dict(cls):
     x = torch.randn(2, 5, 3, dtype=torch.float64)
     for a, b in zip(tensors_of(loaded(x)), tensors_of(reference(x))):
         assert_rel_close(a, b, "output after load_state_dict")
-    with pytest.raises(ValueError, match="proj_size"):
-        fastrnn.LSTM.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(TypeError, match=r"needs a torch.nn.(LSTM|GRU), got"):
+        cls.from_torch(nn.RNN(3, 4))
 
 
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
@@ -307,9 +316,10 @@ def test_non_contiguous_input_is_not_modified(cls):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
-def test_nan_propagates_like_torch(cls):
-    reference, module = torch_twin(cls, input_size=3, hidden_size=4)
+def test_nan_propagates_like_torch(cls, backend):
+    reference, module = torch_twin(cls, backend, input_size=3, hidden_size=4)
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     x[2, 0, 1] = float("nan")
     for a, b in zip(tensors_of(module(x)), tensors_of(reference(x))):
@@ -317,15 +327,17 @@ def test_nan_propagates_like_torch(cls):
         assert torch.isnan(a).any()
 
 
-def test_swap_into_a_model_written_for_torch_lstm():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_swap_into_a_model_written_for_torch_lstm(backend):
     """A model written against torch.nn.LSTM trains unchanged with fastrnn.LSTM, and the step
     equals torch's when the weights are equal."""
 
     class Tagger(nn.Module):
-        def __init__(self, lstm_class):
+        def __init__(self, lstm_class, **options):
             super().__init__()
             self.embed = nn.Embedding(11, 6)
-            self.lstm = lstm_class(6, 8, num_layers=2, batch_first=True, bidirectional=True)
+            self.lstm = lstm_class(6, 8, num_layers=2, batch_first=True, bidirectional=True,
+                                   **options)
             self.head = nn.Linear(16, 11)
 
         def forward(self, tokens):
@@ -334,7 +346,7 @@ def test_swap_into_a_model_written_for_torch_lstm():
 
     torch.manual_seed(0)
     theirs = Tagger(nn.LSTM).double()
-    ours = Tagger(fastrnn.LSTM).double()
+    ours = Tagger(fastrnn.LSTM, backend=backend).double()
     ours.load_state_dict(theirs.state_dict())
     tokens = torch.randint(0, 11, (3, 7))
     targets = torch.randint(0, 11, (3, 7))

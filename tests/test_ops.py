@@ -5,8 +5,10 @@ import torch
 from fastrnn import ops
 from support import case, cases, differentiable_names, make_call, make_inputs
 
-CASES = cases(["plain", "everything", "everything_per_gate_reverse", "everything_eval",
-               "layer_norm_no_bias"])
+CASES = {**cases(["plain", "everything", "everything_per_gate_reverse", "everything_eval",
+                  "layer_norm_no_bias"]),
+         **cases(["projection", "projection_everything", "projection_everything_eval"],
+                 cells=["lstm"])}
 
 
 def _tensors(case, dtype):

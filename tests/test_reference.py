@@ -7,7 +7,8 @@ from fastrnn import reference as R
 from fastrnn.cells import GRUCall, LSTMCall
 from fastrnn.functional import gru_layer, lstm_layer
 from fastrnn import ops
-from support import OPTIONS, case, differentiable_names, make_call, make_inputs, max_rel_err
+from support import (OPTIONS, PROJECTION, case, differentiable_names, make_call, make_inputs,
+                     max_rel_err)
 
 F64 = torch.float64
 
@@ -75,19 +76,24 @@ def test_op_gradients_match_torch_nn(cell):
 
 
 # ------------------------------------------------------------------ gradcheck of every path
-# Every option set of support.OPTIONS, plus dropconnect (applied to W_hh outside the op), through
-# the reference cells with the masks fixed (replayed), against finite differences.
+# Every option set of support.OPTIONS (and, for the LSTM, of support.PROJECTION), plus
+# dropconnect (applied to W_hh outside the op), through the reference cells with the masks fixed
+# (replayed), against finite differences.
 
 PATHS = {**{name: {"options": name} for name in OPTIONS}, "dropconnect": {"dropconnect": 0.4}}
+CELL_PATHS = ([(cell, path) for cell in ("lstm", "gru") for path in PATHS]
+              + [("lstm", name) for name in PROJECTION])
 
 
 def _gradcheck_case(cell, path):
     c = case(cell, path.get("options", "plain"), hidden=4)
     inputs = make_inputs(c, torch.float64)
     seed = inputs["seed"]
-    shape = (c.steps, c.batch, c.hidden)
+    widths = {"h": c.width, "c": c.hidden}
     captured = M.CallMasks(layer=0, direction=0, cell=cell, **{
-        field: M.bernoulli(seed, kind, 0.5, shape) if getattr(c, field, 0.0) > 0 else None
+        field: (M.bernoulli(seed, kind, 0.5,
+                            (c.steps, c.batch, widths[c.spec.step_mask_states[field]]))
+                if getattr(c, field, 0.0) > 0 else None)
         for field, kind in c.spec.step_masks.items()})
     p_dc = path.get("dropconnect", 0.0)
     dropconnect = (M.keep_scale(seed, M.DROPCONNECT, p_dc, tuple(inputs["w_hh"].shape),
@@ -106,10 +112,9 @@ def _gradcheck_case(cell, path):
     return run, leaves
 
 
-@pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell,path", CELL_PATHS)
 def test_gradcheck_reference(cell, path):
-    run, inputs = _gradcheck_case(cell, PATHS[path])
+    run, inputs = _gradcheck_case(cell, PATHS.get(path, {"options": path}))
     assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
@@ -128,8 +133,8 @@ def test_zoneout_one_freezes_the_state():
 
 # --------------------------------------- the ops' hand-derived backward (reference backend)
 
-@pytest.mark.parametrize("name", list(OPTIONS))
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell,name", [(cell, name) for cell in ("lstm", "gru") for name in OPTIONS]
+                         + [("lstm", name) for name in PROJECTION])
 def test_gradcheck_op(cell, name):
     """gradcheck of torch.ops.fastrnn.*_forward: its registered backward is the reference's
     per-step chain rule, checked here against finite differences in float64."""

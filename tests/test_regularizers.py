@@ -42,6 +42,7 @@ def replay(module, x, calls, lengths):
     by_key = {(c.layer, c.direction): c for c in calls}
     layer_input, finals = x, []
     batch, hidden = x.shape[1], module.hidden_size
+    width = getattr(module, "proj_size", 0) or hidden  # of h: P under a projection
     is_lstm = isinstance(module, fastrnn.LSTM)
     for layer in range(module.num_layers):
         outs = []
@@ -55,7 +56,8 @@ def replay(module, x, calls, lengths):
                                  p("ln_ih_weight"), module.ln_groups)
             zeros = x.new_zeros(batch, hidden)
             options = dict(gx=gx, w_hh=p("weight_hh") * call.dropconnect_mask, b_hh=p("bias_hh"),
-                           ln_hh_weight=p("ln_hh_weight"), h0=zeros, lengths=lengths,
+                           ln_hh_weight=p("ln_hh_weight"), h0=x.new_zeros(batch, width),
+                           lengths=lengths,
                            recurrent_mask=call.recurrent_mask, seed=torch.zeros((), dtype=torch.int64),
                            ln_groups=module.ln_groups, candidate_dropout=module.candidate_dropout,
                            training=True, reverse=direction == 1)
@@ -64,7 +66,7 @@ def replay(module, x, calls, lengths):
                 out, h_n, c_n, *_ = R.lstm_sequence(LSTMCall(
                     ln_cell_weight=p("ln_cell_weight"), ln_cell_bias=p("ln_cell_bias"), c0=zeros,
                     zoneout_cell=module.zoneout_cell, zoneout_hidden=module.zoneout_hidden,
-                    **options), masks)
+                    w_hr=p("weight_hr") if module.proj_size else None, **options), masks)
                 finals.append((h_n, c_n))
             else:
                 out, h_n, *_ = R.gru_sequence(GRUCall(zoneout_hidden=module.zoneout, **options),
@@ -75,12 +77,14 @@ def replay(module, x, calls, lengths):
     return layer_input, tuple(torch.stack(f) for f in zip(*finals))
 
 
-@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls,proj_size", [(fastrnn.LSTM, 0), (fastrnn.LSTM, 3), (fastrnn.GRU, 0)],
+                         ids=["LSTM", "LSTM-proj_size", "GRU"])
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_training_call_replays_through_reference(cls, layer_norm):
+def test_training_call_replays_through_reference(cls, proj_size, layer_norm):
+    projection = {"proj_size": proj_size} if proj_size else {}
     module = make(cls, input_size=3, hidden_size=5, num_layers=2, bidirectional=True,
                   layer_norm=layer_norm, ln_groups=module_gates(cls) if layer_norm else 1,
-                  dtype=torch.float64)
+                  dtype=torch.float64, **projection)
     x = torch.randn(6, 4, 3, dtype=torch.float64)
     lengths = torch.tensor([6, 2, 5, 3])
     with fastrnn.capture_masks() as calls:

@@ -1,54 +1,191 @@
-"""Backend registry: which implementation of the fastrnn ops runs a call.
+"""Backend registry: which implementation runs a recurrence call.
 
-A backend is a module with ``forward(call)`` (a ``fastrnn.cells`` call object -> the forward
-op's results) and ``backward(call, saved, grads)`` (-> the gradients of the cell's
-differentiable fields), plus ``unavailable()`` (None, or the reason it cannot run here and what
-to install) and ``unsupported(device, dtype)`` (None, or why it cannot run that device/dtype).
+Two kinds of backend:
+
+* the fastrnn-op backends (``NAMES``: "reference", "triton", "cuda") implement the ops
+  ``fastrnn::<cell>_forward`` / ``_backward``.  Each is a module with ``forward(call)`` (a
+  ``fastrnn.cells`` call object -> the forward op's results), ``backward(call, saved, grads)``
+  (-> the gradients of the cell's differentiable fields), ``unavailable()`` (None, or the reason it
+  cannot run here and what to install) and ``unsupported(device, dtype)`` (None, or why it cannot
+  run that device/dtype);
+* ``NATIVE`` ("native") is torch's own LSTM / GRU kernel (cuDNN on CUDA, oneDNN or ATen's cells
+  on CPU) behind the ops ``fastrnn::<cell>_native``.  It runs calls with torch.nn's math only
+  (``fastrnn.cells.Cell.is_plain``) and needs no backward of ours: autograd is torch's.
+
+Optional features of a call (``fastrnn.cells.Cell.features``, e.g. "proj_size") run only on a
+backend that lists them in its module attribute ``FEATURES`` (a set of feature names; absent
+means none).  Any other backend refuses such a call with an error naming the feature, "auto"
+skips it; in the calls it is handed the feature's fields are None, and it returns the gradients of
+the fields it reads (those of a feature's trailing fields are filled in as empty tensors), so a
+backend written before a feature existed keeps working unchanged.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
+from typing import FrozenSet, NamedTuple, Optional, Tuple
+
 import torch
 
+from ..cells import CELLS, cell_of
+
 NAMES = ("reference", "triton", "cuda")
-CHOICES = ("auto",) + NAMES
-# What "auto" tries for CUDA tensors, in order.  Triton first: it runs every shape and its
-# recurrent products use tensor cores, while the CUDA kernels refuse W_hh slices that do not fit
-# on chip and multiply on CUDA cores; no GPU benchmark has ranked them yet (bench/).
-_AUTO_ORDER_CUDA = ("triton", "cuda", "reference")
+NATIVE = "native"
+CHOICES = ("auto",) + NAMES + (NATIVE,)
+
+
+class Request(NamedTuple):
+    """What one layer asks of the backend that runs it (known before any tensor is computed)."""
+    cell: str = "lstm"                 # the cell's name ("lstm", "gru")
+    hidden: int = 0                    # H, the cell's width
+    plain: bool = False                # torch.nn's math (Cell.is_plain): NATIVE can run it
+    features: FrozenSet[str] = frozenset()  # optional features the call uses (Cell.features_of)
+    # Under torch.compile with autograd on, torch's kernel would be traced into graph nodes per
+    # time step (its ATen decomposition; with torch 2.13 on CPU in float32 that trace failed to
+    # compile); the fastrnn ops stay one opaque node per layer there, so NATIVE is not used.
+    compiling_for_grad: bool = False
+
+
+NATIVE_NOT_COMPILED_FOR_GRAD = (
+    f"backend={NATIVE!r} is not traced by torch.compile for training (torch's LSTM / GRU kernel "
+    "would unroll into one graph node per time step); use backend='auto', which compiles the "
+    "fastrnn op instead")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoRule:
+    """One row of what "auto" tries on CUDA: the first rule that matches a request gives the
+    order; the first backend in it that can run the call wins."""
+    order: Tuple[str, ...]
+    cells: Tuple[str, ...] = tuple(CELLS)
+    plain: Optional[bool] = None                      # None: plain and fastrnn cells alike
+    dtypes: Optional[Tuple[torch.dtype, ...]] = None  # None: every dtype
+    max_hidden: Optional[int] = None                  # None: every H
+    source: str = ""                                  # the benchmark run this row comes from
+
+    def matches(self, request: Request, dtype: torch.dtype) -> bool:
+        return (request.cell in self.cells
+                and (self.plain is None or self.plain == request.plain)
+                and (self.dtypes is None or dtype in self.dtypes)
+                and (self.max_hidden is None or request.hidden <= self.max_hidden))
+
+
+# The CUDA table.  A GPU benchmark (bench/) is to fill it with measured rows, per cell, dtype and
+# H range, each naming its source.  Until then: plain cells run torch's own kernel, i.e. cuDNN,
+# which is measured fast for them; the fastrnn cells run Triton first (every shape, tensor-core
+# recurrent products), then the CUDA kernels (which refuse W_hh slices that do not fit on chip),
+# neither of which has run on a GPU yet; the reference is the fallback of both.
+AUTO_CUDA: Tuple[AutoRule, ...] = (
+    AutoRule(order=(NATIVE, "triton", "cuda", "reference"), plain=True,
+             source="default: cuDNN for torch.nn's cells (unmeasured here)"),
+    AutoRule(order=("triton", "cuda", "reference"),
+             source="default: no GPU benchmark has ranked the fused backends yet"),
+)
 
 
 def get(name: str):
-    if name not in NAMES:
+    if name not in NAMES + (NATIVE,):
         raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
     return importlib.import_module(f"{__name__}.{name}_backend")
 
 
-def check(name: str, device: torch.device, dtype: torch.dtype) -> None:
-    """Raises ValueError/TypeError naming why ``name`` cannot run on device/dtype."""
+def backend_features(name: str) -> FrozenSet[str]:
+    """The optional call features backend ``name`` runs (its ``FEATURES``; none if absent)."""
+    return frozenset(getattr(get(name), "FEATURES", ()))
+
+
+def _features_refused(name: str, used: FrozenSet[str]) -> Optional[str]:
+    missing = sorted(used - backend_features(name))
+    if not missing:
+        return None
+    return (f"backend={name!r} cannot run {', '.join(missing)} > 0: its kernels do not "
+            f"implement it; use backend='auto', 'reference' or 'native'")
+
+
+def refusal(name: str, device: torch.device, dtype: torch.dtype,
+            request: Request = Request()) -> Optional[Tuple[type, str]]:
+    """None if backend ``name`` can run ``request`` here, else (exception type, message)."""
     backend = get(name)
     reason = backend.unavailable()
     if reason is not None:
-        raise ValueError(f"backend={name!r} is not available: {reason}")
+        return ValueError, f"backend={name!r} is not available: {reason}"
     reason = backend.unsupported(device, dtype)
     if reason is not None:
-        raise TypeError(f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}")
+        return TypeError, f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}"
+    reason = _features_refused(name, request.features)
+    if reason is not None:
+        return ValueError, reason
+    if name == NATIVE and not request.plain:
+        return ValueError, (f"backend={NATIVE!r} runs torch.nn's cells only; layer_norm, zoneout, "
+                            "recurrent_dropout, candidate_dropout and dropconnect need "
+                            "backend='auto', 'reference', 'triton' or 'cuda'")
+    if name == NATIVE and request.compiling_for_grad:
+        return ValueError, NATIVE_NOT_COMPILED_FOR_GRAD
+    return None
 
 
-def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for a call: "auto" picks the fastest that runs here."""
+def check(name: str, device: torch.device, dtype: torch.dtype,
+          request: Request = Request()) -> None:
+    """Raises ValueError/TypeError naming why ``name`` cannot run ``request`` on device/dtype."""
+    refused = refusal(name, device, dtype, request)
+    if refused is not None:
+        error, message = refused
+        raise error(message)
+
+
+def _auto_order(device: torch.device, dtype: torch.dtype, request: Request) -> Tuple[str, ...]:
+    if device.type == "cuda":
+        for rule in AUTO_CUDA:
+            if rule.matches(request, dtype):
+                return rule.order
+        return ("reference",)
+    # CPU: torch's own kernel (oneDNN for float32 LSTMs) is faster than the reference's loop over
+    # time steps; the fused kernels run CPU tensors only under the Triton interpreter (tests).
+    return (NATIVE, "reference")
+
+
+def resolve(name: str, device: torch.device, dtype: torch.dtype,
+            request: Request = Request()) -> str:
+    """The concrete backend for a call: "auto" picks the first of its order that can run it."""
     if name != "auto":
-        check(name, device, dtype)
+        check(name, device, dtype, request)
         return name
-    if device.type != "cuda":
-        return "reference"
-    for candidate in _AUTO_ORDER_CUDA:
-        backend = get(candidate)
-        if backend.unavailable() is None and backend.unsupported(device, dtype) is None:
+    for candidate in _auto_order(device, dtype, request):
+        if refusal(candidate, device, dtype, request) is None:
             return candidate
+    check("reference", device, dtype, request)
     return "reference"
 
 
 def available() -> dict:
-    """{name: None if usable here, else the reason} for every backend."""
+    """{name: None if usable here, else the reason} for every fastrnn-op backend."""
     return {name: get(name).unavailable() for name in NAMES}
+
+
+# ------------------------------------------------------------------- running the fastrnn ops
+
+def forward(name: str, call):
+    """The forward op's results of ``call`` on backend ``name`` (which must run its features)."""
+    backend = _checked(name, call)
+    return tuple(backend.forward(call))
+
+
+def backward(name: str, call, saved, grads):
+    """The gradients of the cell's differentiable fields; those of the fields a backend does not
+    read (an unused feature) are empty tensors."""
+    backend = _checked(name, call)
+    results = tuple(backend.backward(call, saved, grads))
+    missing = len(cell_of(call).differentiable) - len(results)
+    return results + tuple(call.w_hh.new_empty(0) for _ in range(missing))
+
+
+def _checked(name: str, call):
+    if name not in NAMES:
+        raise ValueError(f"backend={name!r} does not implement fastrnn::{cell_of(call).name}_forward"
+                         f" (backend={NATIVE!r} runs fastrnn::{cell_of(call).name}_native); "
+                         f"give one of {NAMES}")
+    reason = _features_refused(name, cell_of(call).features_of(call))
+    if reason is not None:
+        raise ValueError(reason)
+    return get(name)
+

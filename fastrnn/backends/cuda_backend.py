@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from .. import masks as M
-from ..cells import CELLS, GRU, LSTM, LSTMCall
+from ..cells import CELLS, GRU, LSTM, LSTMCall, cell_of
 from . import cuda_build
 from .fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
 
@@ -77,9 +77,10 @@ def _address(tensor: Optional[torch.Tensor]) -> int:
 class _Call:
     """One recurrence call: sizes, options, its plan on the device, and the launch."""
 
-    def __init__(self, cell: str, backward: bool, gx_like: torch.Tensor, w_hh: torch.Tensor,
-                 ln_hh_weight, ln_groups: int, zoneout_cell: float, zoneout_hidden: float,
-                 candidate_dropout: float, training: bool, reverse: bool):
+    def __init__(self, call, backward: bool, gx_like: torch.Tensor):
+        cell, w_hh, ln_groups = cell_of(call).name, call.w_hh, call.ln_groups
+        zoneout_cell = getattr(call, "zoneout_cell", 0.0)
+        zoneout_hidden, candidate_dropout = call.zoneout_hidden, call.candidate_dropout
         gates = CELLS[cell].num_gates
         if ln_groups not in (1, gates):
             raise ValueError(f"ln_groups must be 1 or {gates} for the {cell.upper()}, got {ln_groups}")
@@ -90,7 +91,8 @@ class _Call:
         self.empty = self.steps == 0 or self.batch == 0 or self.hidden == 0
         self.options = dict(
             steps=self.steps, batch=self.batch, hidden=self.hidden, gates=gates, ln_groups=ln_groups,
-            dtype=_DTYPE_CODES[gx_like.dtype], reverse=int(reverse), training=int(training),
+            dtype=_DTYPE_CODES[gx_like.dtype], reverse=int(call.reverse),
+            training=int(call.training),
             zoneout_cell=float(zoneout_cell), zoneout_cell_threshold=M.threshold(zoneout_cell),
             zoneout_hidden=float(zoneout_hidden), zoneout_hidden_threshold=M.threshold(zoneout_hidden),
             candidate_dropout=float(candidate_dropout),
@@ -101,7 +103,7 @@ class _Call:
                 # The plan reads the current device's properties: make it the tensors' device.
                 with torch.cuda.device(self.device):
                     self.plan = _ext().plan(cell, backward, self.hidden, self.batch,
-                                            self.options["dtype"], ln_hh_weight is not None)
+                                            self.options["dtype"], call.ln_hh_weight is not None)
             except ValueError as error:
                 raise ValueError(f"backend='cuda' cannot run this layer: {error}") from None
 
@@ -118,13 +120,17 @@ class _Call:
                           **{name: _address(t) for name, t in tensors.items()})
 
 
-def _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, like):
+def _common_inputs(call, like):
+    """The tensors of ``call`` both cells' kernels read, as they read them."""
     dtype, device = like.dtype, like.device
-    return dict(w_hh=_kernel_input(w_hh, dtype), b_hh=_kernel_input(b_hh, dtype),
-                ln_hh_weight=_kernel_input(ln_hh_weight, dtype), h0=_kernel_input(h0, dtype),
-                recurrent_mask=_kernel_input(recurrent_mask, dtype),
-                lengths=None if lengths is None else lengths.to(device=device, dtype=torch.int64).contiguous(),
-                seed=seed.to(device=device, dtype=torch.int64).contiguous())
+    lengths = call.lengths
+    return dict(w_hh=_kernel_input(call.w_hh, dtype), b_hh=_kernel_input(call.b_hh, dtype),
+                ln_hh_weight=_kernel_input(call.ln_hh_weight, dtype),
+                h0=_kernel_input(call.h0, dtype),
+                recurrent_mask=_kernel_input(call.recurrent_mask, dtype),
+                lengths=(None if lengths is None else
+                         lengths.to(device=device, dtype=torch.int64).contiguous()),
+                seed=call.seed.to(device=device, dtype=torch.int64).contiguous())
 
 
 def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
@@ -142,111 +148,112 @@ def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
 
 # ---------------------------------------------------------------------------------------- LSTM
 
-def lstm_forward(gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
-                 recurrent_mask, seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout,
-                 training, reverse):
-    call = _Call("lstm", False, gx, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
-                 candidate_dropout, training, reverse)
-    steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = LSTM.stats_width(ln_hh_weight is not None, ln_groups)
+def _lstm_forward(call):
+    gx, h0, c0 = call.gx, call.h0, call.c0
+    launch = _Call(call, False, gx)
+    steps, batch, hidden = launch.steps, launch.batch, launch.hidden
+    width = LSTM.stats_width(call.ln_hh_weight is not None, call.ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
-    cell, stats = call.workspace(steps, batch, hidden), call.workspace(steps, batch, width)
-    if call.empty:
+    cell, stats = launch.workspace(steps, batch, hidden), launch.workspace(steps, batch, width)
+    if launch.empty:
         return out, h0.to(gx.dtype, copy=True), c0.to(gx.dtype, copy=True), preact, cell, stats
     h_n, c_n = gx.new_empty(batch, hidden), gx.new_empty(batch, hidden)
-    call.launch(gx=gx.contiguous(), ln_cell_weight=_kernel_input(ln_cell_weight, gx.dtype),
-                ln_cell_bias=_kernel_input(ln_cell_bias, gx.dtype), c0=_kernel_input(c0, gx.dtype),
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx),
-                out=out, h_n=h_n, c_n=c_n, preact=preact, cell=cell, stats=stats,
-                state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
+    launch.launch(gx=gx.contiguous(), ln_cell_weight=_kernel_input(call.ln_cell_weight, gx.dtype),
+                  ln_cell_bias=_kernel_input(call.ln_cell_bias, gx.dtype),
+                  c0=_kernel_input(c0, gx.dtype), **_common_inputs(call, gx),
+                  out=out, h_n=h_n, c_n=c_n, preact=preact, cell=cell, stats=stats,
+                  state=gx.new_empty(2, batch, hidden), scratch=launch.scratch())
     return out, h_n, c_n, preact, cell, stats
 
 
-def lstm_backward(grad_out, grad_h_n, grad_c_n, out, preact, cell, stats, w_hh, b_hh,
-                  ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths, recurrent_mask,
-                  seed, ln_groups, zoneout_cell, zoneout_hidden, candidate_dropout, training,
-                  reverse):
-    call = _Call("lstm", True, preact, w_hh, ln_hh_weight, ln_groups, zoneout_cell, zoneout_hidden,
-                 candidate_dropout, training, reverse)
+def _lstm_backward(call, saved, grads):
+    grad_out, grad_h_n, grad_c_n = grads
+    w_hh, h0, c0 = call.w_hh, call.h0, call.c0
+    launch = _Call(call, True, saved.preact)
+    preact = saved.preact
     dtype = preact.dtype
-    present = {"b_hh": b_hh, "ln_hh_weight": ln_hh_weight, "ln_cell_weight": ln_cell_weight,
-               "ln_cell_bias": ln_cell_bias}
-    if call.empty:
-        return (torch.zeros_like(preact), torch.zeros_like(w_hh),
-                *(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh) for t in present.values()),
+    present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight,
+               "ln_cell_weight": call.ln_cell_weight, "ln_cell_bias": call.ln_cell_bias}
+    if launch.empty:
+        return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
                 grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone())
-    inputs = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
-    layer_norm = ln_hh_weight is not None
+    inputs = recurrent_inputs(saved.out, h0, call.lengths, call.recurrent_mask,
+                              call.reverse).contiguous()
+    layer_norm = call.ln_hh_weight is not None
     d_gx = torch.empty_like(preact)
     d_hh = torch.empty_like(preact) if layer_norm else d_gx  # without layer norm d_hh is d_gx
-    d_h0, d_c0 = preact.new_empty(h0.shape), preact.new_empty(c0.shape)  # written as the element type
-    partials = call.workspace(call.plan["tiles"], 2 * 4 * call.hidden + 2 * call.hidden)
-    common = _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact)
-    call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
-                grad_c_n=grad_c_n.to(dtype).contiguous(), out=out.contiguous(), preact=preact.contiguous(),
-                cell=cell.contiguous(), stats=stats.contiguous(),
-                hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
-                ln_cell_weight=_kernel_input(ln_cell_weight, dtype),
-                ln_cell_bias=_kernel_input(ln_cell_bias, dtype), c0=_kernel_input(c0, dtype), **common,
-                d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, d_c0=d_c0, param_partials=partials, scratch=call.scratch())
-    d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
+    d_h0, d_c0 = preact.new_empty(h0.shape), preact.new_empty(c0.shape)  # as the element type
+    partials = launch.workspace(launch.plan["tiles"], 2 * 4 * launch.hidden + 2 * launch.hidden)
+    common = _common_inputs(call, preact)
+    launch.launch(grad_out=grad_out.to(dtype).contiguous(),
+                  grad_h_n=grad_h_n.to(dtype).contiguous(),
+                  grad_c_n=grad_c_n.to(dtype).contiguous(), out=saved.out.contiguous(),
+                  preact=preact.contiguous(), cell=saved.cell.contiguous(),
+                  stats=saved.stats.contiguous(),
+                  hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
+                  ln_cell_weight=_kernel_input(call.ln_cell_weight, dtype),
+                  ln_cell_bias=_kernel_input(call.ln_cell_bias, dtype),
+                  c0=_kernel_input(c0, dtype), **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0,
+                  d_c0=d_c0, param_partials=partials, scratch=launch.scratch())
+    d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
     return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], grads["ln_cell_weight"],
             grads["ln_cell_bias"], d_h0.to(h0.dtype), d_c0.to(c0.dtype))
 
 
 # ----------------------------------------------------------------------------------------- GRU
 
-def gru_forward(gx, w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, ln_groups,
-                zoneout, candidate_dropout, training, reverse):
-    call = _Call("gru", False, gx, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
-                 training, reverse)
-    steps, batch, hidden = call.steps, call.batch, call.hidden
-    width = GRU.stats_width(ln_hh_weight is not None, ln_groups)
+def _gru_forward(call):
+    gx, h0 = call.gx, call.h0
+    launch = _Call(call, False, gx)
+    steps, batch, hidden = launch.steps, launch.batch, launch.hidden
+    width = GRU.stats_width(call.ln_hh_weight is not None, call.ln_groups)
     out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
-    hidden_n, stats = gx.new_empty(steps, batch, hidden), call.workspace(steps, batch, width)
-    if call.empty:
+    hidden_n, stats = gx.new_empty(steps, batch, hidden), launch.workspace(steps, batch, width)
+    if launch.empty:
         return out, h0.to(gx.dtype, copy=True), preact, hidden_n, stats
     h_n = gx.new_empty(batch, hidden)
-    call.launch(gx=gx.contiguous(),
-                **_common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, gx),
-                out=out, h_n=h_n, preact=preact, hidden_n=hidden_n, stats=stats,
-                state=gx.new_empty(2, batch, hidden), scratch=call.scratch())
+    launch.launch(gx=gx.contiguous(), **_common_inputs(call, gx),
+                  out=out, h_n=h_n, preact=preact, hidden_n=hidden_n, stats=stats,
+                  state=gx.new_empty(2, batch, hidden), scratch=launch.scratch())
     return out, h_n, preact, hidden_n, stats
 
 
-def gru_backward(grad_out, grad_h_n, out, preact, hidden_n, stats, w_hh, b_hh, ln_hh_weight,
-                 h0, lengths, recurrent_mask, seed, ln_groups, zoneout, candidate_dropout,
-                 training, reverse):
-    call = _Call("gru", True, preact, w_hh, ln_hh_weight, ln_groups, 0.0, zoneout, candidate_dropout,
-                 training, reverse)
+def _gru_backward(call, saved, grads):
+    grad_out, grad_h_n = grads
+    w_hh, h0 = call.w_hh, call.h0
+    launch = _Call(call, True, saved.preact)
+    preact = saved.preact
     dtype = preact.dtype
-    present = {"b_hh": b_hh, "ln_hh_weight": ln_hh_weight}
-    if call.empty:
-        return (torch.zeros_like(preact), torch.zeros_like(w_hh),
-                *(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh) for t in present.values()),
+    present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight}
+    if launch.empty:
+        return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
                 grad_h_n.to(dtype).clone())
-    inputs = recurrent_inputs(out, h0, lengths, recurrent_mask, reverse).contiguous()
-    layer_norm = ln_hh_weight is not None
+    inputs = recurrent_inputs(saved.out, h0, call.lengths, call.recurrent_mask,
+                              call.reverse).contiguous()
+    layer_norm = call.ln_hh_weight is not None
     d_gx, d_hh = torch.empty_like(preact), torch.empty_like(preact)
     d_h0 = preact.new_empty(h0.shape)  # written as the element type
-    partials = call.workspace(call.plan["tiles"], 2 * 3 * call.hidden + 2 * call.hidden)
-    common = _common_inputs(w_hh, b_hh, ln_hh_weight, h0, lengths, recurrent_mask, seed, preact)
-    call.launch(grad_out=grad_out.to(dtype).contiguous(), grad_h_n=grad_h_n.to(dtype).contiguous(),
-                out=out.contiguous(), preact=preact.contiguous(), hidden_n=hidden_n.contiguous(),
-                stats=stats.contiguous(),
-                hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None, **common,
-                d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials, scratch=call.scratch())
-    d_w_hh, grads = _parameter_grads(call, partials, d_hh, inputs, w_hh, present)
+    partials = launch.workspace(launch.plan["tiles"], 2 * 3 * launch.hidden + 2 * launch.hidden)
+    common = _common_inputs(call, preact)
+    launch.launch(grad_out=grad_out.to(dtype).contiguous(),
+                  grad_h_n=grad_h_n.to(dtype).contiguous(), out=saved.out.contiguous(),
+                  preact=preact.contiguous(), hidden_n=saved.hidden_n.contiguous(),
+                  stats=saved.stats.contiguous(),
+                  hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
+                  **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials,
+                  scratch=launch.scratch())
+    d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
     return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype)
 
 
+def _zero_grads(present, w_hh):
+    return tuple(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh)
+                 for t in present.values())
+
+
 def forward(call):
-    if isinstance(call, LSTMCall):
-        return lstm_forward(*call)
-    return gru_forward(*call)
+    return (_lstm_forward if isinstance(call, LSTMCall) else _gru_forward)(call)
 
 
 def backward(call, saved, grads):
-    if isinstance(call, LSTMCall):
-        return lstm_backward(*grads, *saved, *call[1:])
-    return gru_backward(*grads, *saved, *call[1:])
+    return (_lstm_backward if isinstance(call, LSTMCall) else _gru_backward)(call, saved, grads)

@@ -1,0 +1,101 @@
+"""The backend registry (fastrnn/backends/__init__.py): what "auto" picks, how a backend refuses a
+feature it does not run, and how it is handed calls without that feature's fields."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastrnn import backends, ops
+from fastrnn.backends import NATIVE, Request
+from fastrnn.cells import LSTM
+from support import case, make_call, make_inputs
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.fixture
+def every_backend_runs_here(monkeypatch):
+    """Pretend the fused backends are installed and run CUDA float32 (CI has no GPU)."""
+    for name in ("triton", "cuda"):
+        module = backends.get(name)
+        monkeypatch.setattr(module, "unavailable", lambda: None)
+        monkeypatch.setattr(module, "unsupported", lambda device, dtype: None)
+
+
+@pytest.mark.parametrize("request_, expected", [
+    (Request(cell="lstm", hidden=256, plain=True), NATIVE),
+    (Request(cell="gru", hidden=256, plain=True, features=frozenset({"proj_size"})), NATIVE),
+    (Request(cell="lstm", hidden=256, plain=False), "triton"),
+    (Request(cell="lstm", hidden=256, plain=False, features=frozenset({"proj_size"})),
+     "reference"),
+    (Request(cell="gru", hidden=256, plain=True, compiling_for_grad=True), "triton"),
+], ids=["plain", "plain-projection", "fastrnn-options", "fastrnn-options-projection",
+        "plain-compiled-for-training"])
+def test_auto_on_cuda(every_backend_runs_here, request_, expected):
+    assert backends.resolve("auto", CUDA, torch.float32, request_) == expected
+
+
+@pytest.mark.parametrize("plain, expected", [(True, NATIVE), (False, "reference")])
+def test_auto_on_cpu(plain, expected):
+    assert backends.resolve("auto", CPU, torch.float64, Request(plain=plain)) == expected
+
+
+def test_the_cuda_table_is_read_first_rule_first(every_backend_runs_here, monkeypatch):
+    """A measured row for one configuration overrides the defaults below it."""
+    measured = backends.AutoRule(order=("cuda", "triton"), cells=("gru",), plain=False,
+                                 dtypes=(torch.bfloat16,), max_hidden=512, source="a test")
+    monkeypatch.setattr(backends, "AUTO_CUDA", (measured,) + backends.AUTO_CUDA)
+    gru = Request(cell="gru", hidden=512)
+    assert backends.resolve("auto", CUDA, torch.bfloat16, gru) == "cuda"
+    assert backends.resolve("auto", CUDA, torch.float32, gru) == "triton"
+    assert backends.resolve("auto", CUDA, torch.bfloat16, gru._replace(hidden=1024)) == "triton"
+
+
+def test_a_backend_without_a_feature_refuses_it_by_name(every_backend_runs_here):
+    projected = Request(features=frozenset({"proj_size"}))
+    for name in ("triton", "cuda"):
+        error, message = backends.refusal(name, CUDA, torch.float32, projected)
+        assert error is ValueError and "proj_size" in message and repr(name) in message
+        assert backends.refusal(name, CUDA, torch.float32, Request()) is None
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run proj_size > 0"):
+        backends.resolve("triton", CUDA, torch.float32, projected)
+
+
+def _lstm_call(proj_size):
+    c = case("lstm", "plain", proj_size=proj_size)
+    return make_call(c, make_inputs(c, torch.float64))
+
+
+def test_the_op_refuses_a_projection_on_a_backend_without_it():
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run proj_size > 0"):
+        ops.forward(_lstm_call(proj_size=3), "triton")
+
+
+def test_the_fastrnn_op_is_not_run_by_the_native_backend():
+    with pytest.raises(ValueError, match=r"backend='native' does not implement "
+                                         r"fastrnn::lstm_forward"):
+        ops.forward(_lstm_call(proj_size=0), NATIVE)
+
+
+def test_a_backend_without_a_feature_gets_its_fields_as_none(monkeypatch):
+    """What triton_backend and cuda_backend (which do not run proj_size) see: the call with
+    w_hr None; the gradients they return lack d w_hr, which comes back empty."""
+    seen = {}
+
+    def forward(call):
+        seen["forward"] = call
+        return ("forward results",)
+
+    def backward(call, saved, grads):
+        seen["backward"] = call
+        return tuple(torch.zeros(1) for _ in LSTM.differentiable[:-1])  # all but d w_hr
+
+    triton = backends.get("triton")
+    monkeypatch.setattr(triton, "forward", forward)
+    monkeypatch.setattr(triton, "backward", backward)
+    call = _lstm_call(proj_size=0)
+    assert backends.forward("triton", call) == ("forward results",)
+    grads = backends.backward("triton", call, saved=None, grads=None)
+    for seen_call in (seen["forward"], seen["backward"]):
+        assert seen_call is call and seen_call.w_hr is None
+    assert len(grads) == len(LSTM.differentiable) and grads[-1].numel() == 0
