@@ -31,6 +31,18 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
     return flat.reshape(gx.shape)
 
 
+def without_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """x [T, B, I] with zeros at the padded steps t >= lengths[b] (a new tensor).
+
+    The op skips those steps, but the input projection covers all T: its backward multiplies
+    their zero gradient by x, and the input layer norm normalizes them, so a NaN or Inf there
+    (padding left uninitialised) would reach W_ih's and γ_ih's gradients.  ``where`` selects
+    instead of multiplying, so nothing of a padded value survives, forward or backward.
+    """
+    valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths[None, :]
+    return torch.where(valid.unsqueeze(-1), x, x.new_zeros(()))
+
+
 def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
                initial: Dict[str, Tensor], lengths: Optional[Tensor], *, ln_groups: int,
                step_probabilities: Dict[str, float], recurrent_dropout: float, dropconnect: float,
@@ -44,6 +56,8 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     candidate dropout).  ``backend`` must be a concrete name (``fastrnn.backends.resolve``).
     """
     steps, batch, hidden = x.shape[0], x.shape[1], weights["weight_hh"].shape[1]
+    if lengths is not None:
+        x = without_padding(x, lengths)
     w_hh = weights["weight_hh"]
     stochastic = (recurrent_dropout > 0 or dropconnect > 0
                   or any(p > 0 for p in step_probabilities.values()))

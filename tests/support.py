@@ -18,6 +18,19 @@ from fastrnn import ops
 from fastrnn.cells import CELLS
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compiled_backends(device=DEVICE, dtype=torch.float32):
+    """The compiled backends ("triton", "cuda") that run ``dtype`` on ``device`` here: on a CPU
+    machine Triton under TRITON_INTERPRET=1, on a GPU machine those built for it."""
+    names = []
+    for name in ("triton", "cuda"):
+        backend = fastrnn.backends.get(name)
+        if (backend.unavailable() is None
+                and backend.unsupported(torch.device(device), dtype) is None):
+            names.append(name)
+    return names
 
 # Relative tolerances (max |a - b| / max |b|) against the reference run in float64.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
