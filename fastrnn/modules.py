@@ -225,7 +225,7 @@ class _RecurrentBase(nn.Module):
             if layout.unbatched:
                 raise ValueError("lengths must be None for unbatched (T, input_size) input")
             lengths = V.lengths(lengths, batch, steps, x.device)
-        states = self._initial_states(hx, layout, batch, x)
+        states = self._initial_states(hx, layout, batch, x, autocasting)
         if batch == 0:
             return self._empty_result(layout, x, states, dtype)
         # Everything is cast to the autocast dtype here; autocast inside would re-cast the
@@ -238,15 +238,17 @@ class _RecurrentBase(nn.Module):
                                        dtype)
         return layout.output(out), self._pack_states(tuple(layout.state(f) for f in finals))
 
-    def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor) -> Tuple[Tensor, ...]:
-        """The (L·D, B, H) initial states: checked ``hx``, learned ones, or zeros."""
+    def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor,
+                        autocasting: bool = False) -> Tuple[Tensor, ...]:
+        """The (L·D, B, H) initial states: checked ``hx``, learned ones, or zeros.  Under
+        autocast ``hx`` may have any dtype autocast casts (the caller casts the states)."""
         count = self.num_layers * self.num_directions
         if hx is not None:
             given = self._unpack_states(hx)
             shape = (count, self.hidden_size) if layout.unbatched else (count, batch,
                                                                          self.hidden_size)
             for name, value in zip(self._state_arg_names(), given):
-                V.state(name, value, shape, x.device, x.dtype)
+                V.state(name, value, shape, x.device, x.dtype, autocasting)
             if layout.unbatched:
                 return tuple(s.unsqueeze(1) for s in given)
             return given

@@ -57,16 +57,26 @@ def same_device_and_dtype(name: str, tensor: Tensor, device: torch.device,
         raise TypeError(f"{name} must have the parameters' dtype {dtype}, got {tensor.dtype}")
 
 
+# The dtypes torch.autocast casts to its lower precision (float64 it leaves alone).
+AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
-          dtype: torch.dtype) -> None:
-    """An initial state: a tensor of ``shape`` with the input's device and dtype."""
+          dtype: torch.dtype, autocasting: bool = False) -> None:
+    """An initial state: a tensor of ``shape`` with the input's device and dtype; under autocast
+    any dtype autocast casts (the call casts input and states to the autocast dtype), as
+    torch.nn accepts the bfloat16 states of a previous autocast call beside a float32 input."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a Tensor of shape {shape}, got {type(value).__name__}")
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} must be on the input's device {device}, got {value.device}")
-    if value.dtype != dtype:
+    if autocasting:
+        if value.dtype not in AUTOCAST_DTYPES:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16 under autocast "
+                            f"(it is cast to the autocast dtype), got {value.dtype}")
+    elif value.dtype != dtype:
         raise TypeError(f"{name} must have the input's dtype {dtype}, got {value.dtype}")
 
 
