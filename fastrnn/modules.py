@@ -70,8 +70,15 @@ def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str
 
 
 def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor]) -> None:
-    for block in weight.chunk(gates, dim=0):
+    """``init`` on each gate block.  Half-precision weights are drawn in float32 and rounded:
+    the orthogonal init's QR has no half-precision kernel, and the same draws as a float32
+    module keep a bfloat16 module its float32 twin rounded.  float32 / float64 draw in place."""
+    work = (weight if weight.dtype in (torch.float32, torch.float64)
+            else torch.empty(weight.shape, dtype=torch.float32, device=weight.device))
+    for block in work.chunk(gates, dim=0):
         init(block)
+    if work is not weight:
+        weight.copy_(work)
 
 
 class _RecurrentBase(nn.Module):

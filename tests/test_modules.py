@@ -233,6 +233,31 @@ def test_default_init(cls):
     assert torch.all(custom.bias_ih_l0[5:10] == 2.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.LayerNormLSTM,
+                                 fastrnn.LayerNormGRU], ids=lambda c: c.__name__)
+def test_half_precision_modules_are_the_float32_init_rounded(cls, dtype):
+    """QR has no half-precision kernel: the init runs in float32, so a half-precision module
+    holds the float32 module's parameters (same seed) rounded, and runs."""
+    torch.manual_seed(0)
+    low = cls(3, 5, num_layers=2, bidirectional=True, dtype=dtype)
+    torch.manual_seed(0)
+    full = cls(3, 5, num_layers=2, bidirectional=True)
+    for (name, a), (_, b) in zip(low.named_parameters(), full.named_parameters()):
+        assert a.dtype == dtype and torch.equal(a, b.to(dtype)), name
+    out, _ = low(torch.randn(4, 2, 3, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+def test_from_torch_of_a_bfloat16_module(cls):
+    reference = TORCH_OF[cls](3, 4, num_layers=2, dtype=torch.bfloat16)
+    converted = cls.from_torch(reference, layer_norm=True)
+    assert converted.weight_hh_l1.dtype == torch.bfloat16
+    for name, value in reference.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], value), name
+
+
 def test_layer_norm_classes_equal_layer_norm_option():
     torch.manual_seed(0)
     a = fastrnn.LayerNormLSTM(3, 4, zoneout_cell=0.1)
