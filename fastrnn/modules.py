@@ -335,9 +335,16 @@ class _RecurrentBase(nn.Module):
         return {}
 
     def _empty_result(self, layout: _Layout, x: Tensor, states, dtype):
-        """B = 0: empty outputs of the right shapes, without calling any kernel."""
-        out = x.new_empty(x.shape[0], 0, self.num_directions * self.hidden_size, dtype=dtype)
-        return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype))
+        """B = 0: empty outputs of the right shapes, without calling any kernel.
+
+        They hang on autograd through ``anchor``, the (zero) sum of an empty slice of the input,
+        the states and every parameter: a backward gives each of them a zero gradient, as
+        torch.nn's does, and the final states are new tensors, never the caller's hx."""
+        anchor = torch.cat([t.reshape(-1)[:0].to(dtype)
+                            for t in (x, *states, *self.parameters())]).sum()
+        out = x.new_zeros(x.shape[0], 0, self.num_directions * self.hidden_size,
+                          dtype=dtype) + anchor
+        return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype) + anchor)
                                                            for s in states))
 
 

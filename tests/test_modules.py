@@ -317,6 +317,28 @@ def test_empty_batch_returns_empty_outputs(cls):
 
 
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zeros", "hx"])
+def test_empty_batch_gives_zero_gradients_like_torch(cls, with_hx):
+    """B = 0: the outputs are connected to autograd (every parameter gets a zero gradient, as
+    torch.nn's do) and the final states are new tensors, never the caller's hx."""
+    reference, module = torch_twin(cls, input_size=3, hidden_size=4, num_layers=2,
+                                   bidirectional=True)
+    x = torch.randn(5, 0, 3, dtype=torch.float64)
+    hx = random_hx(module, 0) if with_hx else None
+    (ref_out, ref_grads), (out, grads) = run_both(reference, module, x, hx=hx)
+    assert_same_results(out, grads, ref_out, ref_grads)
+    assert all(grads[name] is not None for name in ref_grads)
+    given = tuple(hx or ())
+    for final in tensors_of(module(x, None if hx is None else
+                                   (tuple(given) if cls is fastrnn.LSTM else given[0]))[1]):
+        assert all(final is not h for h in given)
+    layer_norm = cls(3, 4, layer_norm=True, learn_initial_state=True)
+    weighted_sum(layer_norm(torch.randn(5, 0, 3))).backward()
+    for name, parameter in layer_norm.named_parameters():
+        assert parameter.grad is not None and torch.all(parameter.grad == 0), name
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 def test_non_contiguous_input_is_not_modified(cls):
     module = cls(3, 4, batch_first=True, layer_norm=True, zoneout=0.2) if cls is fastrnn.GRU \
         else cls(3, 4, batch_first=True, layer_norm=True, zoneout_hidden=0.2)
