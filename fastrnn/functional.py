@@ -14,6 +14,7 @@ from torch import Tensor
 from . import masks as M
 from . import ops
 from .cells import GRU, LAYER_NORM_EPS, LSTM, Cell
+from .reference import norm_scale
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight: Optional[Tensor],
@@ -22,12 +23,16 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
 
     The layer norm over ``ln_groups`` slices with a per-element gain is exactly group norm over
     the G·H features, whose fused kernel saves only its input and statistics for backward.
+    Groups of huge values are first brought to a size whose float32 statistics do not overflow
+    (``reference.norm_scale``): one more pass over W_ih x, and ``ln_groups`` more saved values
+    per (t, b), the factors.
     """
     gx = torch.matmul(x, w_ih.t())
     if ln_ih_weight is None:
         return gx if b_ih is None else gx + b_ih
-    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih,
-                        eps=LAYER_NORM_EPS)
+    grouped = gx.reshape(-1, ln_groups, gx.shape[-1] // ln_groups)
+    scaled = (grouped * norm_scale(grouped)).reshape(-1, gx.shape[-1])
+    flat = F.group_norm(scaled, ln_groups, ln_ih_weight, b_ih, eps=LAYER_NORM_EPS)
     return flat.reshape(gx.shape)
 
 

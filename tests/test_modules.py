@@ -2,6 +2,7 @@
 off (float64), lengths, residual, learned initial states, parameters, init, repr, swapping."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
-from support import max_rel_err
+from support import TOLERANCE, max_rel_err
 
 TORCH_OF = {fastrnn.LSTM: nn.LSTM, fastrnn.GRU: nn.GRU}
 CELLS = [fastrnn.LSTM, fastrnn.GRU]
@@ -352,6 +353,29 @@ def test_non_contiguous_input_is_not_modified(cls):
     out = module(strided)[0]
     assert torch.equal(storage, before)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("ln_groups", [1, "per_gate"])
+@pytest.mark.parametrize("cls", [fastrnn.LayerNormLSTM, fastrnn.LayerNormGRU],
+                         ids=lambda c: c.__name__)
+def test_layer_norm_of_huge_finite_inputs(cls, ln_groups):
+    """An all-1e30 input: the input norm's statistics must not overflow where the math does
+    not; outputs and gradients are finite and those of the float64 module."""
+    torch.manual_seed(0)
+    groups = cls.cell.num_gates if ln_groups == "per_gate" else 1
+    module = cls(3, 4, num_layers=2, ln_groups=groups)
+    twin = copy.deepcopy(module).double()
+    results = []
+    for model, dtype in ((module, torch.float32), (twin, torch.float64)):
+        x = torch.full((5, 2, 3), 1e30, dtype=dtype, requires_grad=True)
+        outputs = tensors_of(model(x))
+        g = torch.Generator().manual_seed(7)  # the same loss weights for both dtypes
+        sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum()
+            for t in outputs).backward()
+        results.append(outputs + [p.grad for p in model.parameters()])
+    for index, (got, expected) in enumerate(zip(*results)):
+        assert torch.isfinite(got).all(), f"result {index}"
+        assert_rel_close(got, expected, f"result {index}", rel=TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
