@@ -101,6 +101,7 @@ class _RecurrentBase(nn.Module):
         V.probability("dropconnect", dropconnect)
         for name, p in zoneout.items():
             V.probability(name, p, allow_one=True)
+        V.positive_int("ln_groups", ln_groups)  # 4.0 == 4 would pass the choice below
         V.choice("ln_groups", ln_groups, self.cell.ln_groups)
         V.choice("backend", backend, backends.CHOICES)
         self.input_size = input_size

@@ -81,18 +81,24 @@ def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
 
 
 def lengths(value, batch: int, steps: int, device: torch.device) -> Tensor:
-    """B integers in [1, T] (a sequence or an integer tensor, any device) -> int64 on ``device``."""
+    """B integers in [1, T] (a sequence or an integer tensor on any device with values; on meta
+    only beside a meta input) -> int64 on ``device``."""
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got dtype {value.dtype}")
         if value.dim() != 1 or value.shape[0] != batch:
             raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
                              f"got {tuple(value.shape)}")
+        # A meta tensor has no values: fine beside a meta input (shapes only), not beside data.
+        if value.device.type == "meta" and device.type != "meta":
+            raise ValueError(f"lengths must hold values (the input is on {device}), "
+                             f"got a tensor on meta")
         # Reading device values waits for the stream, which a CUDA graph capture forbids, and
         # under torch.compile it would break the graph: there the check is left out (the op's
         # contract still requires 1 <= L_b <= T).  Elsewhere it is one aminmax and one read.
         capturing = value.is_cuda and torch.cuda.is_current_stream_capturing()
-        if batch and not capturing and not torch.compiler.is_compiling():
+        readable = value.device.type != "meta"
+        if batch and readable and not capturing and not torch.compiler.is_compiling():
             low, high = torch.aminmax(value)
             _lengths_in_range(int(low), int(high), steps)
         return value.to(device=device, dtype=torch.int64)
