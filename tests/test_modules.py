@@ -339,6 +339,58 @@ def test_empty_batch_gives_zero_gradients_like_torch(cls, with_hx):
         assert parameter.grad is not None and torch.all(parameter.grad == 0), name
 
 
+# Layouts whose ``out`` is the recurrence op's own result (or a view of it): the op saves it for
+# backward, as torch.nn's cuDNN kernel saves its output, so a backward after editing it in
+# place is refused by autograd's version check.  Elsewhere ``out`` is a new tensor (a cat of
+# the directions, a packed copy).
+SAVED_OUT_LAYOUTS = {"seq_first", "batch_first", "unbatched", "multi_layer", "no_bias"}
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS) + ["packed"])
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_in_place_edits_of_outputs_behave_like_torch(cls, layout, grad_mode):
+    """Every output (out, h_n, c_n) may be edited in place, as torch.nn's may, under grad mode
+    and after no_grad; the gradients then follow the edit, or, where ``out`` is what the op
+    saved, autograd refuses the backward (never a silently wrong gradient)."""
+    spec = LAYOUTS.get(layout, dict(kwargs={}, shape=(6, 3, 4)))
+    reference, module = torch_twin(cls, input_size=4, hidden_size=5, **spec["kwargs"])
+    x = torch.randn(*spec["shape"], dtype=torch.float64)
+    for edit_out in (False, True):
+        results = []
+        for model in (reference, module):
+            model.zero_grad()
+            x_leaf = x.clone().requires_grad_()
+            inputs = (pack_padded_sequence(x_leaf, [6, 4, 2]) if layout == "packed" else x_leaf)
+            with torch.set_grad_enabled(grad_mode):
+                outputs = model(inputs)
+            edited = tensors_of(outputs)[0 if edit_out else 1:]
+            for scale, tensor in enumerate(edited, start=2):
+                tensor.mul_(scale)
+            grads = []
+            if grad_mode:
+                if model is module and edit_out and layout in SAVED_OUT_LAYOUTS:
+                    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                        weighted_sum(outputs).backward()
+                    continue
+                weighted_sum(outputs).backward()
+                grads = [p.grad for p in model.parameters()] + [x_leaf.grad]
+            results.append((tensors_of(outputs), grads))
+        if len(results) == 2:
+            (ref_outputs, ref_grads), (outputs, grads) = results
+            for index, (a, b) in enumerate(zip(outputs + grads, ref_outputs + ref_grads)):
+                assert_rel_close(a, b, f"result {index}")
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+def test_meta_module_runs_shapes_with_meta_lengths(cls):
+    module = cls(3, 4, bidirectional=True, layer_norm=True, device="meta")
+    out, state = module(torch.empty(5, 2, 3, device="meta"),
+                        lengths=torch.empty(2, dtype=torch.int64, device="meta"))
+    assert out.shape == (5, 2, 8) and out.is_meta
+    assert all(s.shape == (2, 2, 4) for s in tensors_of(state))
+
+
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 def test_non_contiguous_input_is_not_modified(cls):
     module = cls(3, 4, batch_first=True, layer_norm=True, zoneout=0.2) if cls is fastrnn.GRU \
