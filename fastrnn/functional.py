@@ -17,6 +17,7 @@ from . import backends
 from . import masks as M
 from . import ops
 from .cells import FIELD_PARAMETERS, GRU, LAYER_NORM_EPS, LSTM, Cell
+from .reference import norm_scale
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight: Optional[Tensor],
@@ -25,12 +26,16 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
 
     The layer norm over ``ln_groups`` slices with a per-element gain is exactly group norm over
     the G·H features, whose fused kernel saves only its input and statistics for backward.
+    Groups of huge values are first brought to a size whose float32 statistics do not overflow
+    (``reference.norm_scale``): one more pass over W_ih x, and ``ln_groups`` more saved values
+    per (t, b), the factors.
     """
     gx = torch.matmul(x, w_ih.t())
     if ln_ih_weight is None:
         return gx if b_ih is None else gx + b_ih
-    flat = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, ln_ih_weight, b_ih,
-                        eps=LAYER_NORM_EPS)
+    grouped = gx.reshape(-1, ln_groups, gx.shape[-1] // ln_groups)
+    scaled = (grouped * norm_scale(grouped)).reshape(-1, gx.shape[-1])
+    flat = F.group_norm(scaled, ln_groups, ln_ih_weight, b_ih, eps=LAYER_NORM_EPS)
     return flat.reshape(gx.shape)
 
 
@@ -42,6 +47,18 @@ def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype, cell: 
     return backends.resolve(name, device, dtype, backends.Request(
         cell=cell, hidden=hidden, plain=plain, features=frozenset(features),
         compiling_for_grad=compiling_for_grad))
+
+
+def without_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """x [T, B, I] with zeros at the padded steps t >= lengths[b] (a new tensor).
+
+    The op skips those steps, but the input projection covers all T: its backward multiplies
+    their zero gradient by x, and the input layer norm normalizes them, so a NaN or Inf there
+    (padding left uninitialised) would reach W_ih's and γ_ih's gradients.  ``where`` selects
+    instead of multiplying, so nothing of a padded value survives, forward or backward.
+    """
+    valid = torch.arange(x.shape[0], device=x.device)[:, None] < lengths[None, :]
+    return torch.where(valid.unsqueeze(-1), x, x.new_zeros(()))
 
 
 def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
@@ -58,6 +75,8 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     candidate dropout).  ``backend``: a name of ``fastrnn.backends.CHOICES``, "auto" included.
     """
     steps, batch = x.shape[0], x.shape[1]
+    if lengths is not None:
+        x = without_padding(x, lengths)
     w_hh = weights["weight_hh"]
     width = w_hh.shape[1]  # of h (P under a projection), which the recurrent mask multiplies
     stochastic = (recurrent_dropout > 0 or dropconnect > 0

@@ -150,11 +150,14 @@ def capture_masks() -> Iterator[List[CallMasks]]:
     expanding the masks costs time and memory that a normal call never spends.
     """
     calls: List[CallMasks] = []
-    _captures().append(calls)
+    captures = _captures()
+    captures.append(calls)
     try:
         yield calls
     finally:
-        _captures().remove(calls)
+        # By identity: nested captures holding the same calls are equal lists, and
+        # list.remove would drop the first of them, the outer one.
+        del captures[next(i for i, c in enumerate(captures) if c is calls)]
 
 
 def capturing() -> bool:

@@ -75,8 +75,15 @@ _NOT_SCRIPTABLE = (
 
 
 def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor]) -> None:
-    for block in weight.chunk(gates, dim=0):
+    """``init`` on each gate block.  Half-precision weights are drawn in float32 and rounded:
+    the orthogonal init's QR has no half-precision kernel, and the same draws as a float32
+    module keep a bfloat16 module its float32 twin rounded.  float32 / float64 draw in place."""
+    work = (weight if weight.dtype in (torch.float32, torch.float64)
+            else torch.empty(weight.shape, dtype=torch.float32, device=weight.device))
+    for block in work.chunk(gates, dim=0):
         init(block)
+    if work is not weight:
+        weight.copy_(work)
 
 
 class _RecurrentBase(nn.Module):
@@ -108,6 +115,7 @@ class _RecurrentBase(nn.Module):
         V.probability("dropconnect", dropconnect)
         for name, p in zoneout.items():
             V.probability(name, p, allow_one=True)
+        V.positive_int("ln_groups", ln_groups)  # 4.0 == 4 would pass the choice below
         V.choice("ln_groups", ln_groups, self.cell.ln_groups)
         V.choice("backend", backend, backends.CHOICES)
         self.input_size = input_size
@@ -271,7 +279,7 @@ class _RecurrentBase(nn.Module):
             if layout.unbatched:
                 raise ValueError("lengths must be None for unbatched (T, input_size) input")
             lengths = V.lengths(lengths, batch, steps, x.device)
-        states = self._initial_states(hx, layout, batch, x)
+        states = self._initial_states(hx, layout, batch, x, autocasting)
         if batch == 0:
             return self._empty_result(layout, x, states, dtype)
         # Everything is cast to the autocast dtype here; autocast inside would re-cast the
@@ -284,15 +292,17 @@ class _RecurrentBase(nn.Module):
                                        self.backend, dtype)
         return layout.output(out), self._pack_states(tuple(layout.state(f) for f in finals))
 
-    def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor) -> Tuple[Tensor, ...]:
-        """The (L·D, B, width) initial states: checked ``hx``, learned ones, or zeros."""
+    def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor,
+                        autocasting: bool = False) -> Tuple[Tensor, ...]:
+        """The (L·D, B, width) initial states: checked ``hx``, learned ones, or zeros.  Under
+        autocast ``hx`` may have any dtype autocast casts (the caller casts the states)."""
         count = self.num_layers * self.num_directions
         widths = [self._state_sizes[state] for state in self.cell.states]
         if hx is not None:
             given = self._unpack_states(hx)
             for name, value, width in zip(self._state_arg_names(), given, widths):
                 shape = (count, width) if layout.unbatched else (count, batch, width)
-                V.state(name, value, shape, x.device, x.dtype)
+                V.state(name, value, shape, x.device, x.dtype, autocasting)
             if layout.unbatched:
                 return tuple(s.unsqueeze(1) for s in given)
             return given
@@ -371,10 +381,16 @@ class _RecurrentBase(nn.Module):
         return {}
 
     def _empty_result(self, layout: _Layout, x: Tensor, states, dtype):
-        """B = 0: empty outputs of the right shapes, without calling any kernel."""
-        out = x.new_empty(x.shape[0], 0, self.num_directions * self._state_sizes["h"],
-                          dtype=dtype)
-        return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype))
+        """B = 0: empty outputs of the right shapes, without calling any kernel.
+
+        They hang on autograd through ``anchor``, the (zero) sum of an empty slice of the input,
+        the states and every parameter: a backward gives each of them a zero gradient, as
+        torch.nn's does, and the final states are new tensors, never the caller's hx."""
+        anchor = torch.cat([t.reshape(-1)[:0].to(dtype)
+                            for t in (x, *states, *self.parameters())]).sum()
+        out = x.new_zeros(x.shape[0], 0, self.num_directions * self._state_sizes["h"],
+                          dtype=dtype) + anchor
+        return layout.output(out), self._pack_states(tuple(layout.state(s.to(dtype) + anchor)
                                                            for s in states))
 
 

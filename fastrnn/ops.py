@@ -124,7 +124,12 @@ def _register(cell: Cell) -> None:
     def forward_impl(*arguments):
         call, backend = _split_forward_arguments(cell, arguments)
         _check_layer_norm_parameters(cell, call)
-        return backends.forward(backend, call)
+        # The results must be the op's own tensors: autograd forbids in-place edits of a view
+        # that a multi-output function returns (torch.nn's outputs allow them), and a
+        # backend's result can be one: under the op's dispatch the reference's torch.stack is
+        # a view of a cat.  Copying such a result costs one pass over it; others are as is.
+        return tuple(result.clone() if result._is_view() else result
+                     for result in backends.forward(backend, call))
 
     def forward_fake(*arguments):
         call, _ = _split_forward_arguments(cell, arguments)

@@ -22,13 +22,34 @@ from .cells import (GRU, LAYER_NORM_EPS, LSTM, GRUCall, GRUSaved, LSTMCall, LSTM
                     accumulate_dtype, cell_of)
 
 
+# Float32 statistics overflow once |v| nears 2^64 (the squares pass 2^128) though N(v) is of
+# order one.  A group whose largest |v| reaches 2^NORM_SCALE_EXPONENT is first multiplied by the
+# power of two that brings it into [2^(E-1), 2^E): exact, and N_eps(s·v) = N_{eps/s²}(v), which
+# at that magnitude differs from N_eps(v) far below float32 resolution.  Smaller groups are left
+# alone (s = 1), so ordinary values are normalized bit for bit as without it.
+NORM_SCALE_EXPONENT = 40
+
+
+def norm_scale(grouped: Tensor) -> Tensor:
+    """[..., groups, 1] power-of-two factor of each group of ``grouped`` (1 below 2^40), in its
+    dtype, outside autograd (N is invariant to it)."""
+    largest = grouped.detach().abs().amax(-1, keepdim=True).float()
+    _, exponent = torch.frexp(largest)
+    shift = (exponent - NORM_SCALE_EXPONENT).clamp_min(0)
+    return torch.ldexp(torch.ones_like(largest), -shift).to(grouped.dtype)
+
+
 def normalize(v: Tensor, groups: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """N(v) over ``groups`` equal slices of the last dim: (normalized, mean, rstd), biased variance."""
+    """N(v) over ``groups`` equal slices of the last dim: (normalized, mean, rstd), biased variance
+    (statistics of huge groups taken after ``norm_scale``, returned for v itself)."""
     grouped = v.reshape(*v.shape[:-1], groups, v.shape[-1] // groups)
-    mean = grouped.mean(-1, keepdim=True)
-    var = grouped.var(-1, unbiased=False, keepdim=True)
+    scale = norm_scale(grouped)
+    scaled = grouped * scale
+    mean = scaled.mean(-1, keepdim=True)
+    var = scaled.var(-1, unbiased=False, keepdim=True)
     rstd = torch.rsqrt(var + LAYER_NORM_EPS)
-    return ((grouped - mean) * rstd).reshape(v.shape), mean.squeeze(-1), rstd.squeeze(-1)
+    return (((scaled - mean) * rstd).reshape(v.shape), (mean / scale).squeeze(-1),
+            (rstd * scale).squeeze(-1))
 
 
 def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor],

@@ -89,32 +89,48 @@ def same_device_and_dtype(name: str, tensor: Tensor, device: torch.device,
         raise TypeError(f"{name} must have the parameters' dtype {dtype}, got {tensor.dtype}")
 
 
+# The dtypes torch.autocast casts to its lower precision (float64 it leaves alone).
+AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
-          dtype: torch.dtype) -> None:
-    """An initial state: a tensor of ``shape`` with the input's device and dtype."""
+          dtype: torch.dtype, autocasting: bool = False) -> None:
+    """An initial state: a tensor of ``shape`` with the input's device and dtype; under autocast
+    any dtype autocast casts (the call casts input and states to the autocast dtype), as
+    torch.nn accepts the bfloat16 states of a previous autocast call beside a float32 input."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a Tensor of shape {shape}, got {type(value).__name__}")
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
     if value.device != device:
         raise ValueError(f"{name} must be on the input's device {device}, got {value.device}")
-    if value.dtype != dtype:
+    if autocasting:
+        if value.dtype not in AUTOCAST_DTYPES:
+            raise TypeError(f"{name} must be float32, bfloat16 or float16 under autocast "
+                            f"(it is cast to the autocast dtype), got {value.dtype}")
+    elif value.dtype != dtype:
         raise TypeError(f"{name} must have the input's dtype {dtype}, got {value.dtype}")
 
 
 def lengths(value, batch: int, steps: int, device: torch.device) -> Tensor:
-    """B integers in [1, T] (a sequence or an integer tensor, any device) -> int64 on ``device``."""
+    """B integers in [1, T] (a sequence or an integer tensor on any device with values; on meta
+    only beside a meta input) -> int64 on ``device``."""
     if isinstance(value, Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got dtype {value.dtype}")
         if value.dim() != 1 or value.shape[0] != batch:
             raise ValueError(f"lengths must have shape ({batch},) (one per sequence), "
                              f"got {tuple(value.shape)}")
+        # A meta tensor has no values: fine beside a meta input (shapes only), not beside data.
+        if value.device.type == "meta" and device.type != "meta":
+            raise ValueError(f"lengths must hold values (the input is on {device}), "
+                             f"got a tensor on meta")
         # Reading device values waits for the stream, which a CUDA graph capture forbids, and
         # under torch.compile it would break the graph: there the check is left out (the op's
         # contract still requires 1 <= L_b <= T).  Elsewhere it is one aminmax and one read.
         capturing = value.is_cuda and torch.cuda.is_current_stream_capturing()
-        if batch and not capturing and not torch.compiler.is_compiling():
+        readable = value.device.type != "meta"
+        if batch and readable and not capturing and not torch.compiler.is_compiling():
             low, high = torch.aminmax(value)
             _lengths_in_range(int(low), int(high), steps)
         return value.to(device=device, dtype=torch.int64)

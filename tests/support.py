@@ -15,9 +15,22 @@ import torch
 import fastrnn  # noqa: F401  (registers torch.ops.fastrnn)
 from fastrnn import masks as M
 from fastrnn import ops
-from fastrnn.cells import CELLS
+from fastrnn.cells import CELLS, cell_of
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compiled_backends(device=DEVICE, dtype=torch.float32):
+    """The compiled backends ("triton", "cuda") that run ``dtype`` on ``device`` here: on a CPU
+    machine Triton under TRITON_INTERPRET=1, on a GPU machine those built for it."""
+    names = []
+    for name in ("triton", "cuda"):
+        backend = fastrnn.backends.get(name)
+        if (backend.unavailable() is None
+                and backend.unsupported(torch.device(device), dtype) is None):
+            names.append(name)
+    return names
 
 # Relative tolerances (max |a - b| / max |b|) against the reference run in float64.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
@@ -172,20 +185,24 @@ def differentiable_names(case: Case):
     return list(case.spec.differentiable)
 
 
-def run(case: Case, inputs, backend: str, dtype, device="cpu", grad_seed=1):
-    """Forward through the op with autograd, then backward of a random weighted sum of out and
-    the final states. Returns ({output name: tensor}, {input name: grad})."""
-    t = cast(inputs, dtype, device)
-    names = [n for n in differentiable_names(case) if t[n] is not None]
+def run_call(call, backend: str, dtype, device="cpu", grad_seed=1):
+    """Forward ``call`` (floating-point tensors cast to ``dtype``, every tensor moved to
+    ``device``) through the op with autograd, then backward of a random weighted sum of out and
+    the final states. Returns ({output name: tensor}, {call field: grad})."""
+    spec = cell_of(call)
+    fields = {name: (value.detach().to(device=device, dtype=dtype) if value.is_floating_point()
+                     else value.to(device)) if isinstance(value, torch.Tensor) else value
+              for name, value in call._asdict().items()}
+    names = [n for n in spec.differentiable if fields[n] is not None]
     for n in names:
-        t[n].requires_grad_(True)
-    outputs = ops.forward(make_call(case, t), backend)
-    named = dict(zip(case.spec.forward_outputs, outputs))
+        fields[n].requires_grad_(True)
+    outputs = ops.forward(spec.call(**fields), backend)
+    named = dict(zip(spec.forward_outputs, outputs))
     g = torch.Generator().manual_seed(grad_seed)
-    loss_terms = case.spec.forward_outputs[:1 + len(case.spec.states)]
+    loss_terms = spec.forward_outputs[:1 + len(spec.states)]
     loss = sum((named[k].double() * torch.randn(named[k].shape, generator=g, dtype=torch.float64)
                 .to(device)).sum() for k in loss_terms)
-    grads = torch.autograd.grad(loss, [t[n] for n in names])
+    grads = torch.autograd.grad(loss, [fields[n] for n in names])
     return ({k: v.detach() for k, v in named.items()}, dict(zip(names, grads)))
 
 
@@ -204,32 +221,56 @@ def assert_close(actual, expected, dtype, name):
     assert err <= TOLERANCE[dtype], f"{name}: max relative error {err:.2e} > {TOLERANCE[dtype]:.0e}"
 
 
-def active_rows(case: Case) -> Optional[torch.Tensor]:
-    """[T, B] bool of computed steps (saved rows of skipped steps are unspecified)."""
-    if case.lengths is None:
-        return None
-    return torch.arange(case.steps)[:, None] < torch.tensor(case.lengths)[None, :]
+def check_call_against_reference(call, backend: str, dtype, device="cpu", slack=None):
+    """Runs ``call`` through ``backend`` at ``dtype`` and through the reference at float64 on the
+    same values; asserts every output, saved tensor (on computed steps) and gradient agree
+    within TOLERANCE[dtype].
+
+    ``slack``: for calls whose math float32 cannot pin down (a layer norm over a few values of
+    rank-one input depends on them only through eps): a quantity may miss the tolerance if it
+    lies within ``slack`` times the distance of the reference's own run at ``dtype``."""
+    got_out, got_grad = run_call(call, backend, dtype, device)
+    # The reference sees the same inputs rounded to ``dtype``: the comparison measures the
+    # backend's arithmetic, not the rounding of its inputs.
+    rounded = call._replace(**{
+        name: value.detach().cpu().to(dtype).double() for name, value in call._asdict().items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()})
+    ref_out, ref_grad = run_call(rounded, "reference", torch.float64, "cpu")
+    spec = cell_of(call)
+    steps = call.gx.shape[0]
+    # [T, B] computed steps: saved rows of skipped steps are unspecified.
+    rows = (None if call.lengths is None
+            else torch.arange(steps)[:, None] < call.lengths.cpu()[None, :])
+    finals = spec.forward_outputs[:1 + len(spec.states)]
+
+    def pairs(outputs, grads):
+        for name, expected in ref_out.items():
+            actual = outputs[name].cpu()
+            if rows is not None and name not in finals:
+                actual, expected = actual[rows], expected[rows]
+            yield name, actual, expected
+        for name, expected in ref_grad.items():
+            yield f"d{name}", grads[name].cpu(), expected
+
+    own = None
+    for name, actual, expected in pairs(got_out, got_grad):
+        try:
+            assert_close(actual, expected, dtype, f"{backend} {name}")
+        except AssertionError:
+            if slack is None or not torch.isfinite(actual).all():
+                raise
+            if own is None:
+                own = {n: a for n, a, _ in pairs(*run_call(call, "reference", dtype, device))}
+            err, own_err = max_rel_err(actual, expected), max_rel_err(own[name], expected)
+            assert err <= slack * own_err, (
+                f"{backend} {name}: max relative error {err:.2e}, the reference's own "
+                f"{dtype} error {own_err:.2e}")
 
 
 def check_against_reference(case: Case, backend: str, dtype, device="cpu", generator_seed=0):
-    """Runs ``backend`` at ``dtype`` and the reference at float64 on the same inputs; asserts
-    every output, saved tensor (on computed steps) and gradient agree within TOLERANCE[dtype]."""
+    """``check_call_against_reference`` of the case's call on random inputs."""
     inputs = make_inputs(case, dtype, device, generator_seed)
-    got_out, got_grad = run(case, inputs, backend, dtype, device)
-    # The reference sees the same inputs rounded to ``dtype``: the comparison measures the
-    # backend's arithmetic, not the rounding of its inputs.
-    rounded = {name: (value.to(dtype).double() if value is not None and value.is_floating_point()
-                      else value) for name, value in inputs.items()}
-    ref_out, ref_grad = run(case, rounded, "reference", torch.float64, "cpu")
-    rows = active_rows(case)
-    finals = case.spec.forward_outputs[:1 + len(case.spec.states)]
-    for name, expected in ref_out.items():
-        actual = got_out[name].cpu()
-        if rows is not None and name not in finals:
-            actual, expected = actual[rows], expected[rows]
-        assert_close(actual, expected, dtype, f"{backend} {name}")
-    for name, expected in ref_grad.items():
-        assert_close(got_grad[name].cpu(), expected, dtype, f"{backend} d{name}")
+    check_call_against_reference(make_call(case, inputs), backend, dtype, device)
 
 
 # Tilings of the Triton kernels forced on small shapes (``fastrnn.kernels.launch.forced_tiling``),
@@ -249,7 +290,6 @@ TILINGS: Dict[str, tuple] = {
     "driver_streamed": (dict(hidden=40, batch=4, lengths=[3, 1, 2, 3]),
                         dict(block_u=16, hoist=False, block_k=16, persistent=False)),
 }
-
 
 
 def tiling_case(cell: str, options: str, variant: str):

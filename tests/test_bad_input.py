@@ -121,6 +121,12 @@ def test_lengths_out_of_range(lengths):
         lstm()(x(), lengths=lengths)
 
 
+def test_lengths_on_the_meta_device():
+    """Meta lengths hold no values to check (a meta input may take them: shapes only)."""
+    with pytest.raises(ValueError, match=r"lengths must hold values.*got a tensor on meta"):
+        lstm()(x(), lengths=torch.tensor([5, 2], device="meta"))
+
+
 def test_lengths_with_packed_or_unbatched_input():
     packed = torch.nn.utils.rnn.pack_padded_sequence(x(), [5, 3])
     with pytest.raises(ValueError, match="lengths must be None for a PackedSequence"):
@@ -198,6 +204,12 @@ def test_non_positive_sizes(name, value):
 def test_non_integer_size():
     with pytest.raises(TypeError, match=r"hidden_size must be a positive int, got 4.0"):
         fastrnn.LSTM(3, 4.0)
+
+
+@pytest.mark.parametrize("value", [4.0, True, "4"], ids=["float", "bool", "str"])
+def test_ln_groups_must_be_an_int(value):
+    with pytest.raises(TypeError, match=rf"ln_groups must be a positive int, got {value!r}"):
+        fastrnn.LSTM(3, 4, layer_norm=True, ln_groups=value)
 
 
 def test_ln_groups_must_be_one_or_gate_count():

@@ -114,6 +114,45 @@ def test_cpu_autocast_runs_in_bfloat16():
     assert torch.isfinite(model.weight_hh_l1.grad).all()
 
 
+def _states(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _hx(model, states):
+    return tuple(states) if len(model.state_names) == 2 else states[0]
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.LayerNormGRU], ids=lambda c: c.__name__)
+def test_cpu_autocast_states_feed_back_as_hx(cls):
+    """Truncated BPTT under autocast: the bfloat16 states a call returns are the next call's hx
+    (float32 input), and float32 states go with a bfloat16 input, as torch.nn accepts; both
+    are cast to the autocast dtype, so the two chunks agree exactly."""
+    model = cls(3, 6, num_layers=2, bidirectional=True).train()
+    x = torch.randn(10, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first, state = model(x[:5])
+        low = [s.detach() for s in _states(state)]
+        assert all(s.dtype == torch.bfloat16 for s in low)
+        torch.manual_seed(2)
+        second, second_state = model(x[5:], _hx(model, low))
+        torch.manual_seed(2)
+        mixed, mixed_state = model(x[5:].bfloat16(), _hx(model, [s.float() for s in low]))
+    assert second.dtype == mixed.dtype == torch.bfloat16
+    for a, b in zip((second, *_states(second_state)), (mixed, *_states(mixed_state))):
+        assert torch.equal(a, b)
+    (first.float().sum() + second.float().sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_cpu_autocast_refuses_a_float64_hx():
+    """Autocast leaves float64 alone (as torch's does), so a float64 hx cannot join a
+    lower-precision call: a TypeError naming it, not an error from inside the op."""
+    model = fastrnn.GRU(3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            pytest.raises(TypeError, match=r"hx must be .*under autocast.*got torch.float64"):
+        model(torch.randn(5, 2, 3), torch.zeros(1, 2, 4, dtype=torch.float64))
+
+
 @pytest.mark.gpu
 def test_cuda_autocast_runs_in_bfloat16():
     model = Stack(device="cuda").eval()

@@ -1,5 +1,6 @@
 """The mask stream: Philox bits, rates, reproducibility, capture and replay."""
 import math
+import threading
 
 import pytest
 import torch
@@ -104,3 +105,42 @@ def test_each_call_draws_fresh_masks_and_eval_draws_none():
     assert [c.direction for c in calls] == [0, 1]
     assert not torch.equal(calls[0].zoneout_hidden, calls[1].zoneout_hidden)
     assert calls[0].zoneout_cell is None and calls[0].candidate_dropout is None
+
+
+def test_capture_collects_only_this_threads_calls():
+    """A thread inside ``capture_masks`` that makes no call captures nothing while another
+    thread runs a model, and that thread's own capture gets its calls."""
+    model = fastrnn.GRU(3, 4, num_layers=2, zoneout=0.5).train()
+    inside, done = threading.Event(), threading.Event()
+    worker_calls = []
+
+    def worker():
+        inside.wait(timeout=60)
+        with torch.no_grad(), fastrnn.capture_masks() as calls:
+            model(torch.randn(4, 2, 3))
+        worker_calls.extend(calls)
+        with torch.no_grad():
+            model(torch.randn(4, 2, 3))  # outside any capture of its own
+        done.set()
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    with fastrnn.capture_masks() as mine:
+        inside.set()
+        assert done.wait(timeout=60), "the worker thread did not finish"
+    thread.join(timeout=60)
+    assert mine == []
+    assert [(c.layer, c.direction) for c in worker_calls] == [(0, 0), (1, 0)]
+
+
+def test_nested_captures_each_get_their_own_calls():
+    """Leaving an inner capture stops only that one, even when both hold the same calls (a
+    list removed by equality would drop the outer one instead)."""
+    model = fastrnn.GRU(3, 4, zoneout=0.5).train()
+    with torch.no_grad(), fastrnn.capture_masks() as outer:
+        with fastrnn.capture_masks() as inner:
+            model(torch.randn(4, 2, 3))
+        model(torch.randn(4, 2, 3))
+    assert len(inner) == 1 and len(outer) == 2
+    assert outer[0] is inner[0]
+    assert not fastrnn.masks.capturing()

@@ -1,7 +1,8 @@
 """What a training step keeps for backward: values saved per (t, b), counted by autograd hooks.
 
-BENCHMARKS.md: LayerNormLSTM below Haste's ~15·H per (t, b); the regularized GRU at most 5·H
-plus mask bits.  Masks are never stored: they are regenerated from the call's seed.
+The LayerNormLSTM keeps fewer values per (t, b) than Haste's ~15·H (README), the regularized GRU
+5·H, and both exactly that many per (t, b) however long the sequence.  Masks are never stored:
+they are regenerated from the call's seed.
 """
 import pytest
 import torch
@@ -38,21 +39,48 @@ def per_step_values(model, steps=6):
     return (long - short) / (steps * BATCH)
 
 
+def layer_norm_lstm(ln_groups):
+    return fastrnn.LayerNormLSTM(HIDDEN, HIDDEN, ln_groups=ln_groups, zoneout_cell=0.1,
+                                 zoneout_hidden=0.1, recurrent_dropout=0.25).train()
+
+
+def layer_norm_lstm_per_step(ln_groups):
+    # W_ih x (4H, the input norm's input), its 2·groups statistics and groups power-of-two
+    # factors (reference.norm_scale); preact (4H), out (H), the cell (H) and 2·groups + 2
+    # statistics of the recurrence.
+    return 10 * HIDDEN + 5 * ln_groups + 2
+
+
+def regularized_gru():
+    return fastrnn.GRU(HIDDEN, HIDDEN, zoneout=0.1, recurrent_dropout=0.25,
+                       candidate_dropout=0.1).train()
+
+
+GRU_PER_STEP = 5 * HIDDEN  # preact (3H), hidden_n (H), out (H); no mask is kept
+
+
 @pytest.mark.parametrize("ln_groups", [1, 4])
 def test_layer_norm_lstm_saves_fewer_values_than_haste(ln_groups):
-    model = fastrnn.LayerNormLSTM(HIDDEN, HIDDEN, ln_groups=ln_groups, zoneout_cell=0.1,
-                                  zoneout_hidden=0.1, recurrent_dropout=0.25)
-    per_step = per_step_values(model.train())
-    # W_ih x (4H, the input norm's input) and its 2·groups statistics; preact (4H), out (H),
-    # the cell (H) and 2·groups + 2 statistics of the recurrence.
-    assert per_step == 10 * HIDDEN + 4 * ln_groups + 2
+    per_step = per_step_values(layer_norm_lstm(ln_groups))
+    assert per_step == layer_norm_lstm_per_step(ln_groups)
     assert per_step < 15 * HIDDEN
 
 
 def test_regularized_gru_saves_at_most_five_h():
-    model = fastrnn.GRU(HIDDEN, HIDDEN, zoneout=0.1, recurrent_dropout=0.25, candidate_dropout=0.1)
-    per_step = per_step_values(model.train())
-    assert per_step == 5 * HIDDEN  # preact (3H), hidden_n (H), out (H); no mask is kept
+    assert per_step_values(regularized_gru()) == GRU_PER_STEP
+
+
+@pytest.mark.parametrize("name", ["layer_norm_lstm", "regularized_gru"])
+def test_saved_values_grow_linearly_over_thousands_of_steps(name):
+    """Reference backend, T = 1000, 2000, 4000: each doubling adds exactly the per-(t, b)
+    count above, so the saved total is a + b·T with nothing growing faster (or hidden per
+    step) on long sequences."""
+    model, expected = ((layer_norm_lstm(1), layer_norm_lstm_per_step(1))
+                       if name == "layer_norm_lstm" else (regularized_gru(), GRU_PER_STEP))
+    assert model.backend == "auto" and fastrnn.backends.resolve(
+        "auto", torch.device("cpu"), torch.float32) == "reference"
+    for steps in (1000, 2000):
+        assert per_step_values(model, steps) == expected, f"from T = {steps} to {2 * steps}"
 
 
 def test_no_mask_is_saved():

@@ -7,21 +7,9 @@ import pytest
 import torch
 
 import fastrnn
-from support import assert_close
+from support import DEVICE, assert_close, compiled_backends
 
-
-def _compiled_backends():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    names = []
-    for name in ("triton", "cuda"):
-        backend = fastrnn.backends.get(name)
-        if (backend.unavailable() is None
-                and backend.unsupported(torch.device(device), torch.float32) is None):
-            names.append(name)
-    return device, names
-
-
-DEVICE, BACKENDS = _compiled_backends()
+BACKENDS = compiled_backends()
 pytestmark = pytest.mark.skipif(
     not BACKENDS, reason="no compiled backend here (CPU needs triton and TRITON_INTERPRET=1)")
 

@@ -4,6 +4,7 @@ for such a module on CPU), lengths, residual, learned initial states, parameters
 swapping."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
-from support import max_rel_err
+from support import TOLERANCE, max_rel_err
 
 TORCH_OF = {fastrnn.LSTM: nn.LSTM, fastrnn.GRU: nn.GRU}
 CELLS = [fastrnn.LSTM, fastrnn.GRU]
@@ -242,6 +243,31 @@ def test_default_init(cls):
     assert torch.all(custom.bias_ih_l0[5:10] == 2.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.LayerNormLSTM,
+                                 fastrnn.LayerNormGRU], ids=lambda c: c.__name__)
+def test_half_precision_modules_are_the_float32_init_rounded(cls, dtype):
+    """QR has no half-precision kernel: the init runs in float32, so a half-precision module
+    holds the float32 module's parameters (same seed) rounded, and runs."""
+    torch.manual_seed(0)
+    low = cls(3, 5, num_layers=2, bidirectional=True, dtype=dtype)
+    torch.manual_seed(0)
+    full = cls(3, 5, num_layers=2, bidirectional=True)
+    for (name, a), (_, b) in zip(low.named_parameters(), full.named_parameters()):
+        assert a.dtype == dtype and torch.equal(a, b.to(dtype)), name
+    out, _ = low(torch.randn(4, 2, 3, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+def test_from_torch_of_a_bfloat16_module(cls):
+    reference = TORCH_OF[cls](3, 4, num_layers=2, dtype=torch.bfloat16)
+    converted = cls.from_torch(reference, layer_norm=True)
+    assert converted.weight_hh_l1.dtype == torch.bfloat16
+    for name, value in reference.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], value), name
+
+
 def test_layer_norm_classes_equal_layer_norm_option():
     torch.manual_seed(0)
     a = fastrnn.LayerNormLSTM(3, 4, zoneout_cell=0.1)
@@ -301,6 +327,80 @@ def test_empty_batch_returns_empty_outputs(cls):
 
 
 @pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zeros", "hx"])
+def test_empty_batch_gives_zero_gradients_like_torch(cls, with_hx):
+    """B = 0: the outputs are connected to autograd (every parameter gets a zero gradient, as
+    torch.nn's do) and the final states are new tensors, never the caller's hx."""
+    reference, module = torch_twin(cls, input_size=3, hidden_size=4, num_layers=2,
+                                   bidirectional=True)
+    x = torch.randn(5, 0, 3, dtype=torch.float64)
+    hx = random_hx(module, 0) if with_hx else None
+    (ref_out, ref_grads), (out, grads) = run_both(reference, module, x, hx=hx)
+    assert_same_results(out, grads, ref_out, ref_grads)
+    assert all(grads[name] is not None for name in ref_grads)
+    given = tuple(hx or ())
+    for final in tensors_of(module(x, None if hx is None else
+                                   (tuple(given) if cls is fastrnn.LSTM else given[0]))[1]):
+        assert all(final is not h for h in given)
+    layer_norm = cls(3, 4, layer_norm=True, learn_initial_state=True)
+    weighted_sum(layer_norm(torch.randn(5, 0, 3))).backward()
+    for name, parameter in layer_norm.named_parameters():
+        assert parameter.grad is not None and torch.all(parameter.grad == 0), name
+
+
+# Layouts whose ``out`` is the recurrence op's own result (or a view of it): the op saves it for
+# backward, as torch.nn's cuDNN kernel saves its output, so a backward after editing it in
+# place is refused by autograd's version check.  Elsewhere ``out`` is a new tensor (a cat of
+# the directions, a packed copy).
+SAVED_OUT_LAYOUTS = {"seq_first", "batch_first", "unbatched", "multi_layer", "no_bias"}
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS) + ["packed"])
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_in_place_edits_of_outputs_behave_like_torch(cls, layout, grad_mode):
+    """Every output (out, h_n, c_n) may be edited in place, as torch.nn's may, under grad mode
+    and after no_grad; the gradients then follow the edit, or, where ``out`` is what the op
+    saved, autograd refuses the backward (never a silently wrong gradient)."""
+    spec = LAYOUTS.get(layout, dict(kwargs={}, shape=(6, 3, 4)))
+    reference, module = torch_twin(cls, input_size=4, hidden_size=5, **spec["kwargs"])
+    x = torch.randn(*spec["shape"], dtype=torch.float64)
+    for edit_out in (False, True):
+        results = []
+        for model in (reference, module):
+            model.zero_grad()
+            x_leaf = x.clone().requires_grad_()
+            inputs = (pack_padded_sequence(x_leaf, [6, 4, 2]) if layout == "packed" else x_leaf)
+            with torch.set_grad_enabled(grad_mode):
+                outputs = model(inputs)
+            edited = tensors_of(outputs)[0 if edit_out else 1:]
+            for scale, tensor in enumerate(edited, start=2):
+                tensor.mul_(scale)
+            grads = []
+            if grad_mode:
+                if model is module and edit_out and layout in SAVED_OUT_LAYOUTS:
+                    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                        weighted_sum(outputs).backward()
+                    continue
+                weighted_sum(outputs).backward()
+                grads = [p.grad for p in model.parameters()] + [x_leaf.grad]
+            results.append((tensors_of(outputs), grads))
+        if len(results) == 2:
+            (ref_outputs, ref_grads), (outputs, grads) = results
+            for index, (a, b) in enumerate(zip(outputs + grads, ref_outputs + ref_grads)):
+                assert_rel_close(a, b, f"result {index}")
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
+def test_meta_module_runs_shapes_with_meta_lengths(cls):
+    module = cls(3, 4, bidirectional=True, layer_norm=True, device="meta")
+    out, state = module(torch.empty(5, 2, 3, device="meta"),
+                        lengths=torch.empty(2, dtype=torch.int64, device="meta"))
+    assert out.shape == (5, 2, 8) and out.is_meta
+    assert all(s.shape == (2, 2, 4) for s in tensors_of(state))
+
+
+@pytest.mark.parametrize("cls", CELLS, ids=lambda c: c.__name__)
 def test_non_contiguous_input_is_not_modified(cls):
     module = cls(3, 4, batch_first=True, layer_norm=True, zoneout=0.2) if cls is fastrnn.GRU \
         else cls(3, 4, batch_first=True, layer_norm=True, zoneout_hidden=0.2)
@@ -314,6 +414,29 @@ def test_non_contiguous_input_is_not_modified(cls):
     out = module(strided)[0]
     assert torch.equal(storage, before)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("ln_groups", [1, "per_gate"])
+@pytest.mark.parametrize("cls", [fastrnn.LayerNormLSTM, fastrnn.LayerNormGRU],
+                         ids=lambda c: c.__name__)
+def test_layer_norm_of_huge_finite_inputs(cls, ln_groups):
+    """An all-1e30 input: the input norm's statistics must not overflow where the math does
+    not; outputs and gradients are finite and those of the float64 module."""
+    torch.manual_seed(0)
+    groups = cls.cell.num_gates if ln_groups == "per_gate" else 1
+    module = cls(3, 4, num_layers=2, ln_groups=groups)
+    twin = copy.deepcopy(module).double()
+    results = []
+    for model, dtype in ((module, torch.float32), (twin, torch.float64)):
+        x = torch.full((5, 2, 3), 1e30, dtype=dtype, requires_grad=True)
+        outputs = tensors_of(model(x))
+        g = torch.Generator().manual_seed(7)  # the same loss weights for both dtypes
+        sum((t.double() * torch.randn(t.shape, generator=g, dtype=torch.float64)).sum()
+            for t in outputs).backward()
+        results.append(outputs + [p.grad for p in model.parameters()])
+    for index, (got, expected) in enumerate(zip(*results)):
+        assert torch.isfinite(got).all(), f"result {index}"
+        assert_rel_close(got, expected, f"result {index}", rel=TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

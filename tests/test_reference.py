@@ -1,14 +1,15 @@
 """The reference cells against torch.nn (options off) and under gradcheck (every path)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastrnn import masks as M
 from fastrnn import reference as R
-from fastrnn.cells import GRUCall, LSTMCall
-from fastrnn.functional import gru_layer, lstm_layer
+from fastrnn.cells import LAYER_NORM_EPS, GRUCall, LSTMCall
+from fastrnn.functional import gru_layer, lstm_layer, project_input
 from fastrnn import ops
-from support import (OPTIONS, PROJECTION, case, differentiable_names, make_call, make_inputs,
-                     max_rel_err)
+from support import (OPTIONS, PROJECTION, assert_close, case, differentiable_names, make_call,
+                     make_inputs, max_rel_err)
 
 F64 = torch.float64
 
@@ -149,3 +150,62 @@ def test_gradcheck_op(cell, name):
 
     leaves = tuple(inputs[n].clone().requires_grad_(True) for n in names)
     assert torch.autograd.gradcheck(run, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------- layer-norm statistics of huge (finite) values
+
+def _projection_inputs(ln_groups, magnitudes, generator_seed=0):
+    """x [T=len(magnitudes), B=2, I=5]: step t scaled by magnitudes[t]; W_ih with one gate
+    block 1e-30 smaller, so a per-gate group stays of order one beside a huge one."""
+    g = torch.Generator().manual_seed(generator_seed)
+    x = torch.randn(len(magnitudes), 2, 5, generator=g, dtype=F64)
+    x = x * torch.tensor(magnitudes, dtype=F64)[:, None, None]
+    w_ih = torch.randn(4 * 6, 5, generator=g, dtype=F64)
+    if ln_groups > 1:
+        w_ih[:6] *= 1e-30
+    gamma = 1 + 0.2 * torch.randn(4 * 6, generator=g, dtype=F64)
+    bias = 0.1 * torch.randn(4 * 6, generator=g, dtype=F64)
+    return x, w_ih, bias, gamma
+
+
+def _projection_math(x, w_ih, bias, gamma, ln_groups):
+    """γ ⊙ N(W_ih x) + b in float64, where nothing overflows."""
+    gx = x @ w_ih.t()
+    grouped = gx.reshape(*gx.shape[:-1], ln_groups, -1)
+    mean = grouped.mean(-1, keepdim=True)
+    var = grouped.var(-1, unbiased=False, keepdim=True)
+    normalized = ((grouped - mean) / torch.sqrt(var + LAYER_NORM_EPS)).reshape(gx.shape)
+    return gamma * normalized + bias
+
+
+PROJECTIONS = {"functional": project_input, "reference": R.project_input}
+
+
+@pytest.mark.parametrize("ln_groups", [1, 4])
+@pytest.mark.parametrize("path", list(PROJECTIONS))
+def test_input_layer_norm_of_huge_values_is_the_math(path, ln_groups):
+    """float32 statistics overflow near 2^64 (the squares pass 2^128) though N(v) is of order
+    one: inputs up to 1e35 give the float64 math within the float32 tolerance, and gradients
+    that are finite and close to float64 autograd of the math."""
+    x, w_ih, bias, gamma = _projection_inputs(ln_groups, [1.0, 1e20, 1e30, 1e35, 1e-3])
+    expected = _projection_math(x, w_ih, bias, gamma, ln_groups)
+    leaves = [t.float().requires_grad_() for t in (x, w_ih, bias, gamma)]
+    got = PROJECTIONS[path](*leaves, ln_groups)
+    assert_close(got, expected, torch.float32, f"{path} projection")
+    weights = torch.randn(got.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    grads = torch.autograd.grad((got.double() * weights).sum(), leaves[1:])
+    exact_leaves = [t.double().detach().requires_grad_() for t in leaves]
+    exact = _projection_math(*exact_leaves, ln_groups)
+    expected_grads = torch.autograd.grad((exact * weights).sum(), exact_leaves[1:])
+    for name, a, b in zip(("w_ih", "bias", "gamma"), grads, expected_grads):
+        assert_close(a, b, torch.float32, f"d{name}")
+
+
+@pytest.mark.parametrize("ln_groups", [1, 4])
+def test_input_layer_norm_of_ordinary_values_is_group_norm_bit_for_bit(ln_groups):
+    """Below 2^40 nothing is rescaled: the projection is exactly F.group_norm of W_ih x."""
+    x, w_ih, bias, gamma = (t.float() for t in _projection_inputs(ln_groups, [1.0, 1e5, 1e11]))
+    gx = x @ w_ih.t()
+    expected = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, gamma, bias,
+                            eps=LAYER_NORM_EPS).reshape(gx.shape)
+    assert torch.equal(project_input(x, w_ih, bias, gamma, ln_groups), expected)
