@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import GATES
+from fastrnn.cells import CELLS as FAMILIES
 from .grid import CELLS, Workload
 from .implementations import Implementation, module_prepared
 from .measure import Prepared
@@ -53,7 +53,7 @@ class _LoopLayer(nn.Module):
                  recurrent_dropout: float, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        rows = GATES[self.family] * hidden_size
+        rows = FAMILIES[self.family].num_gates * hidden_size
         self.hidden_size = hidden_size
         self.recurrent_dropout = recurrent_dropout
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **factory))

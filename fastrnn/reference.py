@@ -24,9 +24,9 @@ from .cells import (GRU, LAYER_NORM_EPS, LSTM, GRUCall, GRUSaved, LSTMCall, LSTM
 
 # Float32 statistics overflow once |v| nears 2^64 (the squares pass 2^128) though N(v) is of
 # order one.  A group whose largest |v| reaches 2^NORM_SCALE_EXPONENT is first multiplied by the
-# power of two that brings it into [2^(E-1), 2^E): exact, and N_eps(s·v) = N_{eps/s²}(v), which
-# at that magnitude differs from N_eps(v) far below float32 resolution.  Smaller groups are left
-# alone (s = 1), so ordinary values are normalized bit for bit as without it.
+# power of two that brings it to about 2^E: exact, and N_eps(s·v) = N_{eps/s²}(v), which at that
+# magnitude differs from N_eps(v) far below float32 resolution.  Smaller groups are left alone
+# (s = 1), so ordinary values are normalized bit for bit as without it.
 NORM_SCALE_EXPONENT = 40
 
 
@@ -34,9 +34,10 @@ def norm_scale(grouped: Tensor) -> Tensor:
     """[..., groups, 1] power-of-two factor of each group of ``grouped`` (1 below 2^40), in its
     dtype, outside autograd (N is invariant to it)."""
     largest = grouped.detach().abs().amax(-1, keepdim=True).float()
-    _, exponent = torch.frexp(largest)
-    shift = (exponent - NORM_SCALE_EXPONENT).clamp_min(0)
-    return torch.ldexp(torch.ones_like(largest), -shift).to(grouped.dtype)
+    # floor(log2) rather than frexp, which ONNX lacks; either way the shift is a whole number
+    # (exp2 of it a power of two), give or take one where log2 rounds.
+    shift = (torch.floor(torch.log2(largest)) + 1 - NORM_SCALE_EXPONENT).clamp_min(0)
+    return torch.exp2(-shift).to(grouped.dtype)
 
 
 def normalize(v: Tensor, groups: int) -> Tuple[Tensor, Tensor, Tensor]:
