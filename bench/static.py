@@ -1,24 +1,26 @@
 """Static facts of the Triton kernels, compiled for sm_90 on any machine (no GPU needed).
 
-    python -m bench.static [--out DIR] [--cells ...] [--shapes B:H:dtype,...] [--variants]
+    python -m bench.static [--out DIR] [--cells ...] [--shapes B:H:dtype,...] [--modes ...]
 
 For every Triton kernel that a benchmark cell launches for a training step (forward in train
 mode, then backward) and for an inference forward, at the static shapes (B=64 H=512 bf16,
-B=16 H=768 fp16, B=256 H=1024 bf16), this runs fastrnn's Triton backend on small CPU tensors
-with the launches recorded instead of run (the host code chooses the tiling an H100/H200 with
-132 SMs gets), then compiles each recorded launch with the JIT's own binder — the same
-specialization as a real launch — for GPUTarget("cuda", 90, 32), down to a cubin.
+B=16 H=768 fp16, B=256 H=1024 bf16), this runs fastrnn's Triton backend on CPU tensors of
+RECORDED_STEPS steps with the launches recorded instead of run (the host code chooses the
+tiling an H100/H200 with 132 SMs gets), then compiles each recorded launch with the JIT's own
+binder — the same specialization as a real launch — for GPUTarget("cuda", 90, 32), down to a
+cubin.
 
-Compiled facts (read from the compilation, never predicted): registers, spill bytes and stack
-from the ptxas log of that very compilation, shared memory from the kernel's metadata, the
-number of tile barriers in the step loop from the PTX (release atomics).  Derived from those
-facts: CTAs per SM (registers, shared memory, warps), how many SMs the grid keeps busy and
-whether every program can be resident.  From the tiling: the bytes each CTA reads from L2/HBM
-per step.  ``est_us_per_step`` is an ESTIMATE on those facts, with the assumptions written
-beside it in the result file; it is not a measurement.
+Compiled facts (read from the compilation, never predicted): registers and stack from the cubin
+(``cuobjdump -res-usage``; registers else from the ptxas log), spill bytes from the ptxas log of
+that very compilation, shared memory from the kernel's metadata plus the cubin's static shared
+memory, the number of tile barriers per step from the PTX (one release add each; every barrier
+is in the step loop). Derived from those facts: CTAs per SM (registers, shared memory, warps),
+how many SMs the grid keeps busy and whether every program can be resident. From the tiling: the
+bytes each CTA reads from L2/HBM per step. ``est_us_per_step`` is an ESTIMATE on those facts,
+with the assumptions written beside it in the result file; it is not a measurement.
 
 Writes ``static-<triton version>.json`` (an object with ``triton``, ``date``, ``target``,
-``assumptions`` and ``rows``) and ``.md`` into --out (default bench/results).
+``kind``, ``assumptions`` and ``rows``) and ``.md`` into --out (default bench/results).
 """
 from __future__ import annotations
 
@@ -289,7 +291,8 @@ def static_rows(cells: Iterable[str], shapes: Iterable[Tuple[int, int, str]],
 
 
 def _distinct(rows: List[dict]) -> List[dict]:
-    """gru_reg's inference forward is its training forward (BENCHMARKS: masks drawn): one row."""
+    """gru_reg's inference forward is its training forward (bench/grid.py: it runs in train mode,
+    masks drawn, in both modes): one row."""
     seen, kept = set(), []
     for row in rows:
         key = (row["cell"], row["B"], row["H"], row["dtype"], row["pass"], row["kernel"],

@@ -1,4 +1,4 @@
-// Per-element math of the cells (SPEC §1-2), forward and backward, in float32.  Written once as
+// Per-element math of the cells (docs/cells.md), forward and backward, in float32.  Written once as
 // __host__ __device__ functions: the kernels call them and tests/test_csrc_host.py checks them on
 // the CPU against fastrnn/reference.py.  Names follow docs/ops.md: a_* gate pre-activations,
 // s the candidate-dropout scale, y the (normalized) cell that feeds tanh.

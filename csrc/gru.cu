@@ -1,5 +1,5 @@
-// The GRU cell policy of the persistent kernels (SPEC §1: PyTorch's GRU, gates r, z, n, r gating
-// W_hn h + b_hn; layer norm on the recurrent term; zoneout of h, candidate dropout on n).
+// The GRU cell policy of the persistent kernels (docs/cells.md: PyTorch's GRU, gates r, z, n,
+// r gating W_hn h + b_hn; layer norm on the recurrent term; zoneout of h, candidate dropout on n).
 #include "team_kernels.cuh"
 
 namespace fastrnn {

@@ -1,5 +1,5 @@
-// The LSTM cell policy of the persistent kernels (SPEC §1: gates i, f, g, o; layer norm on the
-// recurrent term and on the cell; zoneout of c and h, candidate dropout).
+// The LSTM cell policy of the persistent kernels (docs/cells.md: gates i, f, g, o; layer norm on
+// the recurrent term and on the cell; zoneout of c and h, candidate dropout).
 #include "team_kernels.cuh"
 
 namespace fastrnn {

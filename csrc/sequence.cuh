@@ -1,5 +1,6 @@
-// Time order and variable lengths (SPEC §3): step s of a call runs time t = s, or T-1-s in reverse;
-// sequence b takes part in time t iff t < L_b, so a reversed sequence starts at its own L_b - 1.
+// Time order and variable lengths (docs/sequences.md): step s of a call runs time t = s, or
+// T-1-s in reverse; sequence b takes part in time t iff t < L_b, so a reversed sequence starts
+// at its own L_b - 1.
 #pragma once
 
 #include <cstdint>

@@ -13,8 +13,10 @@ The Triton kernels (``fastrnn.kernels.common``) and the CUDA kernels (``csrc/phi
 compute the very same bits, so the masks are never stored: ``[T, B, H]`` masks are
 regenerated wherever they are needed, and tests replay a call exactly with ``capture_masks``.
 
-Element indices: ``(t * B + b) * H + j`` for per-step masks (zoneout, candidate dropout),
-``b * H + j`` for the recurrent-dropout mask, ``row * H + col`` for the dropconnect mask.
+Element indices: ``(t * B + b) * W + j`` for per-step masks (zoneout, candidate dropout), W the
+width of the state each acts on (H for c and the candidate; for h, P under an LSTM projection),
+``b * P + j`` for the recurrent-dropout mask and ``row * P + col`` for the dropconnect mask of
+W_hh [G·H, P] (P = H without a projection).
 """
 from __future__ import annotations
 
@@ -112,10 +114,11 @@ class CallMasks:
     """Every mask of one layer / direction call, expanded to full tensors, named as the fields
     of the call (``fastrnn.cells``) whose probability draws them.
 
-    ``zoneout_cell`` (LSTM), ``zoneout_hidden``, ``candidate_dropout``: bool [T, B, H] (True =
-    zoned out / dropped), or None when the option is off.  ``recurrent_mask``: the [B, H]
+    ``zoneout_cell`` (LSTM), ``zoneout_hidden``, ``candidate_dropout``: bool [T, B, W], W the
+    width of the state each acts on (H, or P for h under a projection; True = zoned out /
+    dropped), or None when the option is off.  ``recurrent_mask``: the [B, P]
     inverted-dropout scale applied to h_{t-1} before the recurrent product.
-    ``dropconnect_mask``: the [G*H, H] scale on W_hh.
+    ``dropconnect_mask``: the [G*H, P] scale on W_hh.
     """
     layer: int
     direction: int

@@ -1,7 +1,7 @@
 """Drop-in replacements for torch.nn.LSTM / torch.nn.GRU with layer norm and regularizers.
 
 Same constructor head, parameter names, init-compatible state_dict, forward signature and
-output shapes as torch (SPEC §4); every option beyond torch's is keyword-only and off by
+output shapes as torch (docs/api.md); every option beyond torch's is keyword-only and off by
 default, in which case the outputs equal torch's.  Each layer and direction is one call of
 ``fastrnn.functional.lstm_layer`` / ``gru_layer``; this file only arranges layouts, states,
 stacking and the inter-layer dropout around them.
@@ -186,7 +186,7 @@ class _RecurrentBase(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight_ih Xavier-uniform and weight_hh orthogonal per gate block, weight_hr (the
-        LSTM's projection) orthogonal; biases, learned states and β zero; γ one (SPEC §4).
+        LSTM's projection) orthogonal; biases, learned states and β zero; γ one (docs/api.md).
         This is not torch.nn's init (uniform ±1/√H everywhere): ``from_torch`` of a freshly
         built torch module gives that one."""
         with torch.no_grad():
@@ -397,7 +397,7 @@ class _RecurrentBase(nn.Module):
 class LSTM(_RecurrentBase):
     """torch.nn.LSTM with optional layer norm (``layer_norm``, ``ln_groups``), zoneout of the
     cell and hidden states, recurrent / candidate dropout, dropconnect on W_hh, a forget-gate
-    bias init, learned initial states and residual connections (SPEC §1-4).
+    bias init, learned initial states and residual connections (docs/cells.md, docs/api.md).
 
     ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM, its
     ``proj_size`` included: h, h_n and out have P = proj_size units (``weight_hr_l{k}`` of shape
@@ -439,7 +439,7 @@ class LSTM(_RecurrentBase):
 
 class GRU(_RecurrentBase):
     """torch.nn.GRU with optional layer norm, zoneout, recurrent / candidate dropout,
-    dropconnect, learned initial states and residual connections (SPEC §1-4).
+    dropconnect, learned initial states and residual connections (docs/cells.md, docs/api.md).
 
     ``out, h_n = gru(input, hx=None, lengths=None)``, shapes as torch.nn.GRU.
     """

@@ -1,5 +1,5 @@
-"""Argument checks of SPEC §5: each raises ValueError or TypeError naming the argument and what
-was expected, before any kernel runs.
+"""Argument checks (docs/api.md, "Errors"): each raises ValueError or TypeError naming the
+argument and what was expected, before any kernel runs.
 
 Wrong *kinds* of values (a float where an int belongs, a float tensor of lengths, a dtype that
 differs from the parameters') raise TypeError; wrong *values* (sizes, ranges, shapes, devices)
@@ -56,8 +56,10 @@ def probability(name: str, value, allow_one: bool = False) -> None:
 
 def finite_real(name: str, value) -> float:
     """A finite real number of any real type, returned as a float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a finite float, got {value!r}")
+    if not math.isfinite(value):  # the right type, a wrong value
+        raise ValueError(f"{name} must be a finite float, got {value!r}")
     return float(value)
 
 

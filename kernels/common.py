@@ -9,11 +9,13 @@ is empty), so the tensor-core instruction (wgmma, M = 64 per warpgroup) reads bo
 shared memory and nothing of the size of h sits in registers.  Tiles are therefore [units, rows]:
 ``[4·BLOCK_U, BLOCK_B]`` stacked over gate slots, or ``[BLOCK_U, BLOCK_B]`` per gate.
 
-The weight slice is loaded once per launch in ``BLOCK_K`` chunks (a tuple, so that each chunk's
-load goes to shared memory before the next is read) and stays there for every step.
+With ``HOIST`` the weight slice is loaded once per launch in ``BLOCK_K`` chunks (a tuple, so that
+each chunk's load goes to shared memory before the next is read) and stays there for every step;
+without it each product reads its chunks from memory (``weight_chunk_of``).
 
 Mask bits are those of ``fastrnn.masks`` (Philox4x32-10, key = seed, counter = (index, kind)),
-computed here in uint32 arithmetic; the caller passes the mask kinds.
+computed here on uint32 words (the multiplications widened to 64 bits for their high halves);
+the caller passes the mask kinds.
 """
 import os
 
@@ -165,6 +167,16 @@ def slot_columns(H, cfg: tl.constexpr):
 
 
 @triton.jit
+def program_tile(B, H, cfg: tl.constexpr):
+    """Everything a program's position gives: its batch tile (pb, rows, row_ok), its column
+    split (pc, units, unit_ok) and its stacked gate rows (cols, col_ok)."""
+    pb, rows, row_ok = program_rows(B, cfg)
+    pc, units, unit_ok = program_units(H, cfg)
+    cols, col_ok = slot_columns(H, cfg)
+    return pb, rows, row_ok, pc, units, unit_ok, cols, col_ok
+
+
+@triton.jit
 def parameter_row(io, pb, H, cfg: tl.constexpr):
     """Batch tile pb's partial row of parameter gradients: d b_hh [G·H], d γ_hh [G·H], then the
     cell's own (the LSTM's d γ_c, d β_c [H] each)."""
@@ -222,8 +234,9 @@ def row_geometry(lengths_ptr, t, rows, row_ok, REVERSE: tl.constexpr):
 
 # --------------------------------------------------------------------- loads and stores
 # Per-unit tiles [units, rows] of a [.., B, H] slab; stacked tiles [4·U, rows] of a
-# [.., B, G·H] slab (``slot_columns``); chunks [rows, BLOCK_K] of a [.., B, H] slab.  Offsets
-# inside one step's slab are 32-bit (the host keeps every workspace under 2**31 elements).
+# [.., B, G·H] slab (``slot_columns``); chunks [BLOCK_K, rows] of a [.., B, H] slab.  Offsets
+# inside one step's slab are 32-bit (only a step's start, ``step_slab``, is 64-bit): a slab
+# [B, G·H] must stay under 2**31 elements, which the host does not check.
 
 @triton.jit
 def step_slab(ptr, t, B, width):

@@ -128,7 +128,8 @@ def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, 
 @triton.jit
 def backward_finish(context, d_terms, s1, s2, t, rows, row_ok, units, unit_ok, active, first, io,
                     dims, consts, WRITE: tl.constexpr, cfg: tl.constexpr):
-    """d_gx of step t (WRITE) and (the part of dh_{t-1} that bypasses W_hh, unused)."""
+    """d_gx of step t (only with WRITE); returns (the part of dh_{t-1} that bypasses W_hh,
+    unused)."""
     T, B, H = dims
     keep, d_h, d_candidate, z, da_r, da_z, da_n = context
     if WRITE:

@@ -106,7 +106,7 @@ class _Work(NamedTuple):
     moments: Optional[torch.Tensor] = None   # forward layer norm: [B', MOMENT_SLOTS, SPLITS']
     exchange: Optional[torch.Tensor] = None  # LSTM cell norm: [2, 3, B, H] by parity: c~, σ(o), zoneout bit
     cell_moments: Optional[torch.Tensor] = None  # LSTM cell norm: [2, B', 3, SPLITS'] by parity
-    inputs: Optional[torch.Tensor] = None    # recurrent dropout: [2, B, H] d ⊙ h by parity
+    inputs: Optional[torch.Tensor] = None    # recurrent dropout, no cell norm: [2, B, H] d ⊙ h by parity
     sums: Optional[torch.Tensor] = None      # backward layer norm: [B', SUM_SLOTS, SPLITS']
     shares: Optional[torch.Tensor] = None    # backward: [2, SPLITS, SPLITS, B, BLOCK_U]
     carries: Optional[torch.Tensor] = None   # per-step backward: [2, 2, B, H] dh, dc by parity
@@ -205,17 +205,19 @@ class Tiling:
 
 
 MIN_DOT_BLOCK = 16           # tl.dot needs every block dimension >= 16
-HOISTED_WEIGHT_BYTES = 160 * 1024  # of the 227 KiB an sm_90 SM has, beside the operand tiles
+HOISTED_WEIGHT_BYTES = 160 * 1024  # of the 227 KiB a CTA may have on sm_90, beside operand tiles
 GATE_SLOTS = 4
-# (reduction chunk, warps) on a GPU, by (backward pass, operands of 32 bits).  Forward: small
-# input chunks keep the registers of the cell-norm exchange low, one warpgroup issues the product
-# (M = 4·16 = 64 rows of W_slice).  Backward: the transposed product's M is the chunk, so 128
-# rows, two warpgroups.  float32 products run on FMA units, whose operands sit in registers
-# (wgmma reads them from shared memory): twice the forward threads and quarter-size backward
-# chunks keep them from spilling.
+# (reduction chunk, warps) by (backward pass, operands of 32 bits), sized for a GPU (the
+# interpreter's tilings take them too, the chunk capped at H).  Forward: small input chunks keep
+# the registers of the cell-norm exchange low, one warpgroup issues the product (M = 4·16 = 64
+# rows of W_slice).  Backward: the transposed product's M is the chunk, so 128 rows, two
+# warpgroups.  float32 products without TF32 (``dot_settings``) run on FMA units, whose operands
+# sit in registers (wgmma reads them from shared memory): twice the forward threads and
+# quarter-size backward chunks keep them from spilling.
 PASS_SHAPES = {(False, False): (32, 4), (True, False): (128, 8),
                (False, True): (32, 8), (True, True): (32, 8)}
-# When no grid of full-size programs can be resident: the per-step driver's tiles.
+# Rows per tile of the per-step driver, which runs when even 64-row tiles give more programs
+# than SMs.
 PER_STEP_BLOCK_B = 32
 
 
@@ -230,9 +232,11 @@ def choose_tiling(batch: int, hidden: int, elem_bytes: int, sm_count: Optional[i
     one after another, so a single column split (the persistent kernel then needs no barrier).
 
     On a GPU: 16 units per program (the product's M is 4·16 = 64, one wgmma row block) and the
-    fewest rows per tile (16, 32, 64) for which every program is resident — as many SMs busy as
-    the grid allows — with W_hh kept on chip.  Tiles of more than 64 rows leave too few
-    registers per thread; when no grid of them fits the SMs, the per-step driver runs."""
+    fewest rows per tile (16, 32, 64) for which the grid has at most one program per SM — every
+    program resident, as many SMs busy as the grid allows — with W_hh kept on chip when the
+    program's slice fits HOISTED_WEIGHT_BYTES (else streamed every step).  Tiles of more than 64
+    rows leave too few registers per thread; when even 64-row tiles give more programs than SMs,
+    the per-step driver runs (PER_STEP_BLOCK_B rows, W_hh streamed)."""
     hidden_p2 = max(triton.next_power_of_2(hidden), MIN_DOT_BLOCK)
     chunk, warps = PASS_SHAPES[backward, elem_bytes >= 4]
     block_k = min(hidden_p2, chunk)
@@ -372,7 +376,7 @@ def constexpr_options(kwargs: dict) -> dict:
     cfg = kwargs.get("cfg")
     if cfg is None or common.INTERPRETING:
         return kwargs
-    return dict(kwargs, cfg=Config(*(tl.constexpr(value) for value in cfg)))
+    return dict(kwargs, cfg=type(cfg)(*(tl.constexpr(value) for value in cfg)))
 
 
 def _launch(kernel, grid, args, **kwargs) -> None:
@@ -410,32 +414,54 @@ def _kernel_options(tiling: Tiling, splits: int) -> dict:
     return options
 
 
+class _Plan(NamedTuple):
+    """What both passes derive the same way from a call's shape: tiling, Config, grid."""
+    tiling: Tiling
+    cfg: Any
+    tiles: int
+    padded: int            # B padded to whole batch tiles
+    grid: Tuple[int, int]
+    cell: CellKernels
+
+    def launch(self, kernel, args, **cfg_fields) -> None:
+        cfg = self.cfg._replace(**cfg_fields) if cfg_fields else self.cfg
+        _launch(kernel, self.grid, args, cfg=cfg, CELL=self.cell,
+                **_kernel_options(self.tiling, self.cfg.SPLITS))
+
+    def sync(self, device) -> torch.Tensor:
+        return torch.zeros(1 + self.tiles, dtype=torch.int32, device=device)
+
+
+def _plan(dims: Dims, options: Options, rates: Rates, dtype, device, persistent: bool,
+          backward: bool) -> _Plan:
+    tiling = tiling_for(dims.B, dims.H, dtype, device, backward=backward)
+    if not persistent:
+        tiling = dataclasses.replace(tiling, persistent=False)
+    cfg = _config(tiling, dims, options, rates, dtype, device)
+    tiles = tiling.batch_tiles(dims.B)
+    return _Plan(tiling, cfg, tiles, tiles * tiling.block_b, (tiles, cfg.SPLITS),
+                 CELLS[options.cell])
+
+
 def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = True) -> None:
     """Runs one forward recurrence, writing io.out, h_n, (c_n), preact, middle, (stats)."""
     steps, batch = io.gx.shape[0], io.gx.shape[1]
     hidden = io.w_hh.shape[1]
     dims = Dims(steps, batch, hidden)
     device, dtype = io.gx.device, io.gx.dtype
-    tiling = tiling_for(batch, hidden, dtype, device)
-    if not persistent:
-        tiling = dataclasses.replace(tiling, persistent=False)
-    cfg = _config(tiling, dims, options, rates, dtype, device)
-    splits, tiles = cfg.SPLITS, tiling.batch_tiles(batch)
-    padded = tiles * tiling.block_b
+    plan = _plan(dims, options, rates, dtype, device, persistent, backward=False)
+    cfg = plan.cfg
     work = _Work(
-        sync=torch.zeros(1 + tiles, dtype=torch.int32, device=device),
-        moments=(_float_workspace(padded, cfg.MOMENT_SLOTS, cfg.SPLITS_P2, device=device)
+        sync=plan.sync(device),
+        moments=(_float_workspace(plan.padded, cfg.MOMENT_SLOTS, cfg.SPLITS_P2, device=device)
                  if cfg.LAYER_NORM else None),
         exchange=_float_workspace(2, 3, batch, hidden, device=device) if cfg.MERGED else None,
-        cell_moments=(_float_workspace(2, padded, 3, cfg.SPLITS_P2, device=device) if cfg.MERGED
-                      else None),
+        cell_moments=(_float_workspace(2, plan.padded, 3, cfg.SPLITS_P2, device=device)
+                      if cfg.MERGED else None),
         inputs=(torch.zeros(2, batch, hidden, dtype=dtype, device=device)
                 if io.rmask is not None and not cfg.MERGED else None))
-    cell = CELLS[options.cell]
-    grid = (tiles, splits)
-    if tiling.persistent:
-        _launch(recurrence.forward_persistent, grid, (io, work, dims, rates),
-                cfg=cfg, CELL=cell, **_kernel_options(tiling, splits))
+    if plan.tiling.persistent:
+        plan.launch(recurrence.forward_persistent, (io, work, dims, rates))
         _check_not_aborted(work.sync, "forward")
         return
     phases = ((recurrence.PHASE_NORM, recurrence.PHASE_CELL) if cfg.LAYER_NORM
@@ -443,13 +469,10 @@ def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = Tr
     order = range(steps - 1, -1, -1) if options.reverse else range(steps)
     for t in order:
         for phase in phases:
-            _launch(recurrence.forward_phase, grid, (io, work, dims, rates, t),
-                    cfg=cfg._replace(PHASE=phase.value), CELL=cell,
-                    **_kernel_options(tiling, splits))
+            plan.launch(recurrence.forward_phase, (io, work, dims, rates, t), PHASE=phase.value)
     if cfg.MERGED:
-        _launch(recurrence.forward_phase, grid, (io, work, dims, rates, 0),
-                cfg=cfg._replace(PHASE=recurrence.PHASE_FINISH.value), CELL=cell,
-                **_kernel_options(tiling, splits))
+        plan.launch(recurrence.forward_phase, (io, work, dims, rates, 0),
+                    PHASE=recurrence.PHASE_FINISH.value)
 
 
 def backward(io: BackwardIO, rates: Rates, options: Options,
@@ -460,26 +483,20 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
     steps, batch, hidden = io.out.shape
     dims = Dims(steps, batch, hidden)
     device, dtype = io.out.device, io.out.dtype
-    tiling = tiling_for(batch, hidden, dtype, device, backward=True)
-    if not persistent:
-        tiling = dataclasses.replace(tiling, persistent=False)
-    cfg = _config(tiling, dims, options, rates, dtype, device)
-    splits, tiles = cfg.SPLITS, tiling.batch_tiles(batch)
-    padded = tiles * tiling.block_b
+    plan = _plan(dims, options, rates, dtype, device, persistent, backward=True)
+    cfg, tiling = plan.cfg, plan.tiling
     work = _Work(
-        sync=torch.zeros(1 + tiles, dtype=torch.int32, device=device),
-        sums=(_float_workspace(padded, cfg.SUM_SLOTS, cfg.SPLITS_P2, device=device)
+        sync=plan.sync(device),
+        sums=(_float_workspace(plan.padded, cfg.SUM_SLOTS, cfg.SPLITS_P2, device=device)
               if cfg.LAYER_NORM else None),
-        shares=_float_workspace(2, splits, splits, batch, tiling.block_u, device=device),
+        shares=_float_workspace(2, cfg.SPLITS, cfg.SPLITS, batch, tiling.block_u, device=device),
         carries=None if tiling.persistent else _float_workspace(2, 2, batch, hidden, device=device))
-    cell = CELLS[options.cell]
-    grid = (tiles, splits)
-    param_grads = _float_workspace(tiles, 2 * options.gates * hidden + 2 * hidden * cfg.CELL_NORM,
+    param_grads = _float_workspace(plan.tiles,
+                                   2 * options.gates * hidden + 2 * hidden * cfg.CELL_NORM,
                                    device=device)
     io = io._replace(param_grads=param_grads)
     if tiling.persistent:
-        _launch(recurrence.backward_persistent, grid, (io, work, dims, rates),
-                cfg=cfg, CELL=cell, **_kernel_options(tiling, splits))
+        plan.launch(recurrence.backward_persistent, (io, work, dims, rates))
         _check_not_aborted(work.sync, "backward")
         return param_grads.sum(0)
     order = list(range(steps)) if options.reverse else list(range(steps - 1, -1, -1))
@@ -491,7 +508,5 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
               if cfg.LAYER_NORM else (recurrence.PHASE_GRADS, recurrence.PHASE_CARRY))
     for t in order:
         for phase in phases:
-            _launch(recurrence.backward_phase, grid, (io, work, dims, rates, t),
-                    cfg=cfg._replace(PHASE=phase.value), CELL=cell,
-                    **_kernel_options(tiling, splits))
+            plan.launch(recurrence.backward_phase, (io, work, dims, rates, t), PHASE=phase.value)
     return param_grads.sum(0)

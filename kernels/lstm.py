@@ -26,7 +26,7 @@ from .common import (
     stack4, step_geometry, step_mask_index, store_slots, store_units, tanh, time_of_step,
     unstack4, zoneout_weight)
 
-# Fields of the cell exchange [FIELDS, B, H] of a layer-norm step.
+# Fields of one step's half [3, B, H] of the cell exchange (``_exchange``; cell norm only).
 CANDIDATE_FIELD = tl.constexpr(0)   # c~
 OUTPUT_GATE_FIELD = tl.constexpr(1)  # σ(o)
 ZONEOUT_FIELD = tl.constexpr(2)     # the hidden zoneout bit (training with zoneout only)
@@ -38,7 +38,7 @@ def _exchange(work, t, B, H, cfg: tl.constexpr):
     """Step t's halves of the double-buffered cell exchange: (fields [3, B, H], moments
     [B', 3, SPLITS']).  Step t writes its parity while the same launch (a phase launch recomputes
     step t's input) may still read step t - 1's."""
-    parity = t % 2
+    parity = t & 1  # t = -1 (before a first step) is read too; % would keep its sign
     padded = tl.cdiv(B, cfg.BLOCK_B) * cfg.BLOCK_B
     return (work.exchange + parity * 3 * B * H,
             work.cell_moments + parity * padded * 3 * cfg.SPLITS_P2)
@@ -85,7 +85,8 @@ def forward_constants(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, cols, col_ok, active,
                  first, last, io, work, dims, rates, consts, WRITE: tl.constexpr,
                  cfg: tl.constexpr):
-    """Gates, cell and (without the cell norm) hidden state of step t; returns (h, c)."""
+    """Gates, cell and (without the cell norm) hidden state of step t; returns (h, c), h being
+    h_prev unchanged with the cell norm (the next step's ``merged_product`` computes it)."""
     T, B, H = dims
     rmask, gamma, beta = consts
     live = active[None, :] & row_ok[None, :]
@@ -191,8 +192,8 @@ def _own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims
     store_units(step_slab(io.out, previous_t, B, H), rows, row_ok & has_previous, units, unit_ok, H,
                 tl.where(live, h, 0.0))
     store_units(io.h_n, rows, row_ok & last & has_previous, units, unit_ok, H, h)
-    # Split 0 writes the shared statistics, zero where the row did not run (as the other
-    # saved tensors).
+    # Every split merges the same statistics (bit for bit): split 0 alone saves them, zero
+    # where the row did not run (as the other saved tensors).
     stats_ok = row_ok & has_previous & ((rows * 0 + pc) == 0)
     stats_row = step_slab(io.stats, previous_t, B, cfg.STATS) + rows * cfg.STATS
     tl.store(stats_row + 2 * cfg.GROUPS, tl.where(active, mean, 0.0), mask=stats_ok)
@@ -214,8 +215,8 @@ def merged_product(t, steps, previous_t, first, rows, row_ok, units, unit_ok, we
     _, first_before, _, before_t = step_geometry(previous_t, lengths, cfg.REVERSE)
     exchange, moments = _exchange(work, previous_t, B, H, cfg)
     mean, rstd = _cell_statistics(moments, rows, row_ok, H, cfg)
-    # Rows on their first step read h0 (``with_first_rows``): the exchange, zero-filled and
-    # finite, is read for every row, unmasked.
+    # Rows on their first step take h0 (``with_first_rows``): the exchange is read for every row
+    # of the tile (masked only by ``in_range``), and what those rows read from it is discarded.
     rows_mask = in_range(row_ok, cfg)
     acc = empty_product(cfg)
     for k in tl.static_range(cfg.NUM_K):
@@ -341,8 +342,8 @@ def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, 
 @triton.jit
 def backward_finish(context, d_terms, s1, s2, t, rows, row_ok, units, unit_ok, active, first, io,
                     dims, consts, WRITE: tl.constexpr, cfg: tl.constexpr):
-    """With the row sums known: d_gx of step t (WRITE), the cell-norm parameter gradients, and
-    (the part of dh_{t-1} that bypasses W_hh, dc_{t-1})."""
+    """With the row sums known: d_gx of step t and the cell-norm parameter gradients (both only
+    with WRITE); returns (the part of dh_{t-1} that bypasses W_hh, dc_{t-1})."""
     T, B, H = dims
     keep_h, d_h, keep_c, dc, f, a, b, c, dy, normalized = context
     live = (row_ok & active)[None, :] & unit_ok[:, None]

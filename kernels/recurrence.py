@@ -2,7 +2,8 @@
 forward and backward, written once and parameterized by a cell (kernels/lstm.py, gru.py).
 
 A program (pb, pc) owns the rows of batch tile pb and the hidden units of column split pc, with
-every gate of them, and keeps its slice of W_hh on chip for the launch (``common``).  A step:
+every gate of them, and (``HOIST``) keeps its slice of W_hh on chip for the launch (``common``).
+A step:
 
 forward   1. the recurrent input x_{t-1} = d ⊙ h_{t-1} of the tile's rows, for every unit, read
              from what the splits exchanged at the previous step (or the initial state);
@@ -24,26 +25,28 @@ So a step meets at most two barriers: layer norm's and the exchange (one without
 Two drivers run the same step functions:
 
 * ``*_persistent``: one launch, the time loop inside, splits meeting at ``tile_barrier``.  Needs
-  every program resident (the host launches it cooperatively); with one split it has no grid
-  barrier and also runs under TRITON_INTERPRET.  The next step's gx is loaded before waiting.
+  every program resident (with several splits the host launches it cooperatively); with one
+  split it has no grid barrier and also runs under TRITON_INTERPRET (the interpreter's default
+  tiling).  The forward loads the next step's gx before the step's barriers.
 * ``*_phase``: one launch per phase per step; the kernel boundary is the barrier and each phase
-  recomputes the cheap local values of the phases before it.  The interpreter (where programs
-  run one after another) and grids too large to be resident use it.
+  recomputes the cheap local values of the phases before it.  Grids too large to be resident,
+  FASTRNN_TRITON_PERSISTENT=0, and tilings of several splits under the interpreter (where
+  programs run one after another) use it.
 
-A batch tile runs only to its longest sequence; later steps are zero-filled.  Rows past their
-own end emit zeros and carry their state (or gradient) through unchanged.
+A batch tile runs only to its longest sequence; its later steps of out (forward) and of d_gx,
+d_hh (backward) are zero-filled.  Rows past their own end emit zeros and carry their state (or
+gradient) through unchanged.
 """
 import triton
 import triton.language as tl
 
 from .common import (
-    step_slab,
-    GATE_SLOTS, gate_group, gate_valid, group_moments, hoisted_weights,
-    load_chunk, load_gate_vector, load_slots, load_units, norm_statistics, parameter_row,
-    program_rows, rows_where,
-    program_units, publish_row_values, publish_transposed_product,
-    add_chunk_product, clamped_step, empty_product, in_range, with_first_rows, reduce_transposed_product, row_geometry, select_first, slot_columns,
-    split_sum, stack4, store_slots, store_units, tile_barrier, tile_steps, time_of_step, unstack4)
+    GATE_SLOTS, add_chunk_product, clamped_step, empty_product, gate_group, gate_valid,
+    group_moments, hoisted_weights, in_range, load_chunk, load_gate_vector, load_slots,
+    load_units, norm_statistics, parameter_row, program_tile, publish_row_values,
+    publish_transposed_product, reduce_transposed_product, row_geometry, rows_where, split_sum,
+    stack4, step_slab, store_slots, store_units, tile_barrier, tile_steps, time_of_step,
+    unstack4, with_first_rows)
 
 # Per-step phases of the ``*_phase`` kernels (the persistent kernels run them all in one).
 PHASE_NORM = tl.constexpr(0)     # forward: publish the layer-norm moments of W_hh x
@@ -116,7 +119,8 @@ def normalized_recurrent_terms(hh, t, pc, rows, row_ok, units, unit_ok, active, 
         if cfg.PERSISTENT:
             syncs += 1
             ok = ok & tile_barrier(work.sync, tl.program_id(0), syncs * cfg.SPLITS, cfg)
-        # Split 0 writes the shared statistics, zero where the row does not run.
+        # Every split merges the same statistics (bit for bit): split 0 alone saves them, zero
+        # where the row does not run.
         stats_ok = row_ok & ((rows * 0 + pc) == 0)
         stats_row = step_slab(io.stats, t, B, cfg.STATS) + rows * cfg.STATS
         statistics = ()
@@ -148,9 +152,7 @@ def forward_step(t, steps, h_prev, c_prev, gx, syncs, ok, io, work, dims, rates,
     its own writes.  ``h_prev``/``c_prev`` are the program's states, ``gx`` the step's input
     projection [4·U, rows].  Returns (h, c, syncs, ok)."""
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
     if cfg.MERGED:
         hh = CELL.merged_product(t, steps, previous_t, first, rows, row_ok, units, unit_ok,
@@ -194,9 +196,7 @@ def forward_constants(io, units, unit_ok, H, cfg: tl.constexpr):
 @triton.jit
 def forward_persistent(io, work, dims, rates, cfg: tl.constexpr, CELL: tl.constexpr):
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     weights = hoisted_weights(io.w_hh, cols, col_ok, H, cfg)
     consts = forward_constants(io, units, unit_ok, H, cfg)
     cell_consts = CELL.forward_constants(io, rows, row_ok, units, unit_ok, H, cfg)
@@ -226,9 +226,7 @@ def forward_persistent(io, work, dims, rates, cfg: tl.constexpr, CELL: tl.conste
 def forward_phase(io, work, dims, rates, t, cfg: tl.constexpr, CELL: tl.constexpr):
     """One phase of step t (PHASE_FINISH: the writes the cell left for after the last step)."""
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     steps = tile_steps(io.lengths, rows, row_ok)
     cell_consts = CELL.forward_constants(io, rows, row_ok, units, unit_ok, H, cfg)
     if cfg.PHASE == PHASE_FINISH:
@@ -307,9 +305,7 @@ def backward_step(t, steps, dh, dc, syncs, ok, io, work, dims, rates, weights, c
     """One step back from the carried dh_t, dc_t of the program's units.  Returns
     (dh_{t-1}, dc_{t-1}, syncs, ok); rows that do not run at t keep their carries."""
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
     live = active[None, :] & row_ok[None, :]
     gamma, rmask = consts
@@ -431,9 +427,7 @@ def backward_constants(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 @triton.jit
 def backward_persistent(io, work, dims, rates, cfg: tl.constexpr, CELL: tl.constexpr):
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     weights = hoisted_weights(io.w_hh, cols, col_ok, H, cfg)
     consts = backward_constants(io, rows, row_ok, units, unit_ok, H, cfg)
     cell_consts = CELL.backward_constants(io, units, unit_ok, H, cfg)
@@ -458,9 +452,7 @@ def backward_phase(io, work, dims, rates, t, cfg: tl.constexpr, CELL: tl.constex
     float32: read from the slot of step t + 1's parity, written to step t's, so that every
     phase of a step reads the same carries."""
     T, B, H = dims
-    pb, rows, row_ok = program_rows(B, cfg)
-    pc, units, unit_ok = program_units(H, cfg)
-    cols, col_ok = slot_columns(H, cfg)
+    pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     steps = tile_steps(io.lengths, rows, row_ok)
     carry_in = (t + 1) % 2
     carry_out = t % 2

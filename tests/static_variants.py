@@ -2,12 +2,13 @@
 a GPU: TRITON_INTERPRET=1 runs a kernel's math but never compiles it, so constructs the compiler
 rejects, spills and shared memory beyond an SM's would otherwise surface only on a GPU.
 
-Each option case of VARIANT_CASES, for both cells, in float32 and bfloat16, runs fastrnn's
-Triton backend forward and backward on small CPU tensors with the launches recorded (the tiling
-an H100/H200 gets for the shape, and every forced tiling of tests/support.py); every distinct
-launch is then compiled with the JIT's binder for GPUTarget("cuda", 90, 32).
+Each run of ``support.variant_runs`` (both cells; the tiling an H100/H200 gets for a small shape
+and every forced tiling of tests/support.py, on their option sets) runs fastrnn's Triton backend
+forward and backward on small CPU tensors with the launches recorded; every distinct launch, and
+bench.barrier's kernel, is then compiled with the JIT's binder for GPUTarget("cuda", 90, 32).
 
     python tests/static_variants.py [--shard I/N]   # one JSON line per distinct kernel
+    python tests/static_variants.py --count         # the number of variants
 
 Run by tests/test_static.py (shards in parallel, TRITON_INTERPRET unset).
 """
@@ -19,18 +20,12 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import static  # noqa: E402  (first: it unsets TRITON_INTERPRET before triton loads)
+from bench import barrier  # noqa: E402
 import torch  # noqa: E402
 
 from fastrnn.backends import triton_backend  # noqa: E402
 from fastrnn.kernels import launch  # noqa: E402
 from tests import support  # noqa: E402
-
-# Each tiling with the option sets test_triton.py runs it on, in float32; the default tiling
-# also in bfloat16 and on more option sets.
-TILED_CASES = ("plain", "everything", "everything_per_gate_reverse")
-DEFAULT_CASES = TILED_CASES + ("layer_norm_per_gate", "everything_eval")
-# Sizes of the default-tiling runs: two column splits and a partial batch tile.
-DEFAULT_SIZES = dict(steps=4, batch=5, hidden=24)
 
 
 def _launches(test_case, dtype, tiling):
@@ -51,28 +46,19 @@ def _launches(test_case, dtype, tiling):
 def variants():
     """(label, kernel, args, kwargs) of every distinct launch, in a fixed order."""
     seen, found = set(), []
-    for cell in ("lstm", "gru"):
-        runs = [(name, "default", dtype) for name in DEFAULT_CASES
-                for dtype in (torch.float32, torch.bfloat16)]
-        runs += [(name, tiling_name, torch.float32) for name in TILED_CASES
-                 for tiling_name in support.TILINGS]
-        for name, tiling_name, dtype in runs:
-                if tiling_name == "default":
-                    test_case, tiling = support.case(cell, name, **DEFAULT_SIZES), {}
-                    if test_case.lengths is not None:
-                        test_case.lengths = [4, 1, 3, 2, 4]
-                else:
-                    test_case, tiling = support.tiling_case(cell, name, tiling_name)
-                if True:
-                    for kernel, _, args, kwargs in _launches(test_case, dtype, tiling):
-                        key = (static._kernel_name(kernel), kwargs["cfg"], kwargs["num_warps"],
-                               tuple(str(a.dtype) if isinstance(a, torch.Tensor) else
-                                     type(a).__name__ for a in _flat(args)))
-                        if key not in seen:
-                            seen.add(key)
-                            label = (f"{cell}-{name} {tiling_name} {str(dtype)[6:]} "
-                                     f"{static._kernel_name(kernel)}")
-                            found.append((label, kernel, args, kwargs))
+    for run_label, test_case, tiling, dtype in support.variant_runs():
+        for kernel, _, args, kwargs in _launches(test_case, dtype, tiling):
+            key = (static._kernel_name(kernel), kwargs["cfg"], kwargs["num_warps"],
+                   tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
+                         for a in _flat(args)))
+            if key not in seen:
+                seen.add(key)
+                found.append((f"{run_label} {static._kernel_name(kernel)}", kernel, args, kwargs))
+    # bench.barrier's kernel: the tile barrier alone, at the most programs it measures.
+    sync = torch.zeros(2, dtype=torch.int32)
+    config = barrier.BarrierConfig(max(barrier.PROGRAMS), barrier.SPIN_LIMIT)
+    found.append(("bench.barrier", barrier._barriers, (sync, barrier.LONG),
+                  dict(cfg=config, num_warps=4)))
     return found
 
 

@@ -130,7 +130,9 @@ def cases(names=None, cells=tuple(CELLS), **overrides) -> Dict[str, Case]:
 
 
 def make_inputs(case: Case, dtype=torch.float32, device="cpu", generator_seed=0):
-    """The call's fields as a dict: float64 master tensors (cast per run), the seed, options."""
+    """The call's tensor fields as a dict: float64 CPU master tensors (cast per run; ``dtype``
+    and ``device`` are not used), the seed, the lengths and the recurrent-dropout mask.  The
+    options come from the case (``make_call``)."""
     g = torch.Generator().manual_seed(generator_seed)
     T, B, H, G, P = case.steps, case.batch, case.hidden, case.gates, case.width
 
@@ -204,6 +206,15 @@ def run_call(call, backend: str, dtype, device="cpu", grad_seed=1):
                 .to(device)).sum() for k in loss_terms)
     grads = torch.autograd.grad(loss, [fields[n] for n in names])
     return ({k: v.detach() for k, v in named.items()}, dict(zip(names, grads)))
+
+
+def error_messages(error: BaseException):
+    """The messages of ``error`` and of every exception it was raised from or during."""
+    messages = []
+    while error is not None:
+        messages.append(str(error))
+        error = error.__cause__ or error.__context__
+    return messages
 
 
 def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -294,13 +305,40 @@ TILINGS: Dict[str, tuple] = {
 
 def tiling_case(cell: str, options: str, variant: str):
     """(case, tiling fields) of option set ``options`` run with tiling ``variant`` of TILINGS at
-    the sizes that variant needs (an option set's own lengths are dropped where the variant sets
-    its own batch)."""
+    the sizes that variant needs (an option set's own lengths fit its own batch only: the
+    variant's lengths replace them, or they are dropped where the variant sets none)."""
     sizes, tiling = TILINGS[variant]
     overrides = dict(sizes)
     if "lengths" in OPTIONS[options] and "lengths" not in sizes:
         overrides["lengths"] = None
     return case(cell, options, **overrides), tiling
+
+
+# The kernel variants compiled for sm_90 (tests/static_variants.py) and run on a GPU at T = 8
+# (tests/gpu_stages.py): each forced tiling on the option sets test_triton.py runs it on, in
+# float32; the tiling a GPU gets by default for a small shape (two column splits, a partial batch
+# tile) on more option sets, in float32 and bfloat16.
+TILED_OPTIONS = ("plain", "everything", "everything_per_gate_reverse")
+DEFAULT_TILING_OPTIONS = TILED_OPTIONS + ("layer_norm_per_gate", "everything_eval")
+DEFAULT_TILING_SIZES = dict(steps=8, batch=5, hidden=24)
+
+
+def variant_runs():
+    """[(label, case, tiling fields, dtype)] of the kernel variants, in a fixed order."""
+    runs = []
+    for cell in CELLS:
+        for options in DEFAULT_TILING_OPTIONS:
+            test_case = case(cell, options, **DEFAULT_TILING_SIZES)
+            if test_case.lengths is not None:
+                test_case.lengths = [8, 1, 5, 2, 8]
+            for dtype in (torch.float32, torch.bfloat16):
+                runs.append((f"{cell}-{options} default {str(dtype)[6:]}", test_case, {}, dtype))
+        for options in TILED_OPTIONS:
+            for variant in TILINGS:
+                test_case, tiling = tiling_case(cell, options, variant)
+                runs.append((f"{cell}-{options} {variant} float32", test_case, tiling,
+                             torch.float32))
+    return runs
 
 
 # Half-precision cases: hidden=24, since with 7 units a layer-norm group of bfloat16 values is

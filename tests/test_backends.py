@@ -99,3 +99,13 @@ def test_a_backend_without_a_feature_gets_its_fields_as_none(monkeypatch):
     for seen_call in (seen["forward"], seen["backward"]):
         assert seen_call is call and seen_call.w_hr is None
     assert len(grads) == len(LSTM.differentiable) and grads[-1].numel() == 0
+
+
+def test_a_backend_without_kernels_for_a_cell_refuses_it(monkeypatch):
+    monkeypatch.setattr(backends.get("reference"), "CELL_NAMES", ("lstm",), raising=False)
+    refused = backends.refusal("reference", torch.device("cpu"), torch.float32,
+                               Request(cell="gru", hidden=4))
+    assert refused is not None and refused[0] is ValueError
+    assert "no kernels for the gru cell" in refused[1]
+    assert backends.refusal("reference", torch.device("cpu"), torch.float32,
+                            Request(cell="lstm", hidden=4)) is None

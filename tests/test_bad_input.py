@@ -1,5 +1,6 @@
-"""SPEC §5: every bad argument raises ValueError/TypeError naming it and the expected value,
-before any kernel runs (the ops are patched to fail the test if they are reached)."""
+"""docs/api.md, "Errors": every bad argument raises ValueError/TypeError naming it and the
+expected value, before any kernel runs (the ops are patched to fail the test if they are
+reached)."""
 from __future__ import annotations
 
 import pytest
@@ -234,6 +235,12 @@ def test_dtype_unsupported_by_backend():
 def test_forget_bias_must_be_a_number():
     with pytest.raises(TypeError, match="forget_bias must be a finite float, got 'one'"):
         fastrnn.LSTM(3, 4, forget_bias="one")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_forget_bias_must_be_finite(value):
+    with pytest.raises(ValueError, match="forget_bias must be a finite float"):
+        fastrnn.LSTM(3, 4, forget_bias=value)
 
 
 @pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["native", "reference"])

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from fastrnn import ops
+from fastrnn.backends.fused import poisoned_outputs
 from fastrnn.cells import CELLS
 from support import DEVICE, assert_close, check_call_against_reference, compiled_backends
 
@@ -215,7 +216,6 @@ TRITON_ON = "triton" in compiled_backends(DEVICE)
 @ci_settings(examples=120)
 @given(config=configurations())
 def test_triton_module_equals_reference(config):
-    from fastrnn.kernels.common import poisoned_outputs
     note(f"configuration: {config}")
     cls = MODULES[config["cell"]]
     torch.manual_seed(config["seed"])

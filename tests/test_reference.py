@@ -120,7 +120,7 @@ def test_gradcheck_reference(cell, path):
 
 
 def test_zoneout_one_freezes_the_state():
-    """zoneout = 1.0 (allowed by SPEC §2): the state never changes in training."""
+    """zoneout = 1.0 (allowed for zoneout, docs/cells.md): the state never changes in training."""
     steps, batch, hidden = 3, 2, 4
     gx = torch.randn(steps, batch, 3 * hidden, dtype=F64)
     w_hh = torch.randn(3 * hidden, hidden, dtype=F64)

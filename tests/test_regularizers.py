@@ -1,4 +1,4 @@
-"""Regularizers of the modules in train and eval mode (SPEC §2).
+"""Regularizers of the modules in train and eval mode (docs/cells.md, "Regularizers").
 
 Train mode: the masks of a call, captured with ``fastrnn.capture_masks()``, replayed through the
 readable reference cells give the module's outputs and gradients; each mask hits at its rate;
@@ -219,7 +219,7 @@ def test_zoneout_one_freezes_the_state():
 
 
 def zoneout_expectation_lstm(module, x, p_cell, p_hidden):
-    """SPEC §2 eval mode with torch's LSTMCell for the un-zoned step."""
+    """Eval mode (the zoneout expectation) with torch's LSTMCell for the un-zoned step."""
     cell = nn.LSTMCell(module.input_size, module.hidden_size, dtype=x.dtype)
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
         getattr(cell, name).data.copy_(getattr(module, f"{name}_l0"))

@@ -66,7 +66,8 @@ def test_default_gpu_tiling_fits_the_machine():
             assert tiling.programs(batch, hidden) <= 132
             assert min(tiling.block_b, tiling.block_u, tiling.block_k) >= 16
             assert tiling.splits(hidden) * tiling.block_u >= hidden
-    assert not choose_tiling(256, 1024, 2, 132).persistent  # 512 programs: per-step driver
+    # Even 64-row tiles make 4 x 64 = 256 programs for 132 SMs: the per-step driver.
+    assert not choose_tiling(256, 1024, 2, 132).persistent
 
 
 @needs_interpreter
@@ -137,8 +138,8 @@ def test_non_contiguous_inputs(cell):
 def _gru_mask_hits(field, p, batch=16, hidden=64):
     """Which elements the kernel treats as hit, read back from one GRU step's output.
 
-    zoneout: with h0 = 1 and a candidate pinned at 0 (gx_n = -30, z gate closed) the state after
-    the step is 1 where zoned out and 0 elsewhere.  candidate dropout: with h0 = 0 and z closed,
+    zoneout: with h0 = 1 and a candidate pinned at -1 (gx_n = -30, z gate closed) the state after
+    the step is 1 where zoned out and -1 elsewhere.  candidate dropout: with h0 = 0 and z closed,
     h_1 = scale · tanh(gx_n), so a zero marks a drop."""
     c = case("gru", "plain", steps=1, batch=batch, hidden=hidden, bias=False, **{field: p})
     t = cast(make_inputs(c), torch.float32, "cpu")

@@ -12,6 +12,9 @@ Two kinds of backend:
   on CPU) behind the ops ``fastrnn::<cell>_native``.  It runs calls with torch.nn's math only
   (``fastrnn.cells.Cell.is_plain``) and needs no backward of ours: autograd is torch's.
 
+A backend whose kernels exist for some cells only lists their names in ``CELL_NAMES`` (absent:
+every cell of ``fastrnn.cells.CELLS``).
+
 Optional features of a call (``fastrnn.cells.Cell.features``, e.g. "proj_size") run only on a
 backend that lists them in its module attribute ``FEATURES`` (a set of feature names; absent
 means none).  Any other backend refuses such a call with an error naming the feature, "auto"
@@ -72,9 +75,10 @@ class AutoRule:
 
 # The CUDA table.  A GPU benchmark (bench/) is to fill it with measured rows, per cell, dtype and
 # H range, each naming its source.  Until then: plain cells run torch's own kernel, i.e. cuDNN,
-# which is measured fast for them; the fastrnn cells run Triton first (every shape, tensor-core
-# recurrent products), then the CUDA kernels (which refuse W_hh slices that do not fit on chip),
-# neither of which has run on a GPU yet; the reference is the fallback of both.
+# which is measured fast for them; the fastrnn cells run Triton first (every shape; tensor-core
+# recurrent products in half precision and TF32), then the CUDA kernels (which refuse W_hh
+# slices that do not fit on chip), neither of which has run on a GPU yet; the reference is the
+# fallback of both.
 AUTO_CUDA: Tuple[AutoRule, ...] = (
     AutoRule(order=(NATIVE, "triton", "cuda", "reference"), plain=True,
              source="default: cuDNN for torch.nn's cells (unmeasured here)"),
@@ -112,6 +116,10 @@ def refusal(name: str, device: torch.device, dtype: torch.dtype,
     reason = backend.unsupported(device, dtype)
     if reason is not None:
         return TypeError, f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}"
+    cells = getattr(backend, "CELL_NAMES", None)
+    if cells is not None and request.cell not in cells:
+        return ValueError, (f"backend={name!r} has no kernels for the {request.cell} cell "
+                            f"(it runs {', '.join(cells)}); use backend='auto' or 'reference'")
     reason = _features_refused(name, request.features)
     if reason is not None:
         return ValueError, reason

@@ -1,11 +1,13 @@
 """The cuda backend: persistent CUDA kernels from csrc/, one launch per layer and direction.
 
-How it is put together (NOTES.md, option (a)): the kernels live in ``.cu`` files that include only
-CUDA headers and are exposed by a small pybind11 module, ``fastrnn._C``, that takes device
-addresses, sizes, dtype codes and the stream handle.  This module is the rest of the backend: it
-allocates every tensor with torch, launches on ``torch.cuda.current_stream()``, and does the work
-around the recurrence with torch ops: the weight gradient ``d W_hh = d_hhᵀ (d ⊙ h_{t-1})`` as one
-GEMM, the recomputation of ``W_hh (d ⊙ h_{t-1})`` for all t when the layer-norm backward needs it,
+How it is put together: the kernels live in ``.cu`` files that include only CUDA headers, because
+torch's CUDA headers do not compile against the CPU build of torch that CI uses (it lacks the
+generated ``c10/cuda/impl/cuda_cmake_macros.h``, and ``ATen/cuda/CUDAContext.h`` needs cuSPARSE's
+headers, which CI's CUDA toolkit does not have); they are exposed by a small pybind11 module,
+``fastrnn._C``, that takes device addresses, sizes, dtype codes and the stream handle.  This
+module is the rest of the backend: it allocates every tensor with torch, launches on
+``torch.cuda.current_stream()``, and does the work around the recurrence with torch ops: the
+weight gradient ``d W_hh = d_hhᵀ (d ⊙ h_{t-1})`` as one GEMM, the recomputation of ``W_hh (d ⊙ h_{t-1})`` for all t when the layer-norm backward needs it,
 and the sum of the per-tile parameter-gradient partials.  So csrc/ compiles without a CUDA build
 of torch (``.ci/compile_csrc.sh`` checks it on CPU machines), and the ops of ``fastrnn.ops`` reach
 it as ``backend="cuda"``.  Nothing here synchronizes with the host, so calls can be captured in
@@ -18,7 +20,7 @@ from typing import Optional
 import torch
 
 from .. import masks as M
-from ..cells import CELLS, GRU, LSTM, LSTMCall, cell_of
+from ..cells import CELLS, GRU, LSTM, cell_of
 from . import cuda_build
 from .fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
 
@@ -251,9 +253,13 @@ def _zero_grads(present, w_hh):
                  for t in present.values())
 
 
+_RUNNERS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_backward)}
+CELL_NAMES = tuple(_RUNNERS)  # fastrnn.backends: the cells csrc/ has kernels for
+
+
 def forward(call):
-    return (_lstm_forward if isinstance(call, LSTMCall) else _gru_forward)(call)
+    return _RUNNERS[cell_of(call).name][0](call)
 
 
 def backward(call, saved, grads):
-    return (_lstm_backward if isinstance(call, LSTMCall) else _gru_backward)(call, saved, grads)
+    return _RUNNERS[cell_of(call).name][1](call, saved, grads)

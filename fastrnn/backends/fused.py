@@ -1,5 +1,6 @@
 """Host-side work both fused backends (Triton kernels, CUDA) do around their recurrence kernels:
-the recurrent inputs of every step, the d W_hh product, absent gradients, the result tensors."""
+the recurrent inputs of every step, the d W_hh product, absent gradients; and the Triton
+backend's result tensors (``new_output``)."""
 from __future__ import annotations
 
 import contextlib

@@ -26,6 +26,7 @@ from ..cells import LSTM, cell_of
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 FEATURES = frozenset({"proj_size"})  # torch.nn.LSTM's projection
+CELL_NAMES = ("lstm", "gru")          # the cells torch._VF has
 # A pre-activation this far from 0 saturates sigmoid to 0 or 1 in every float dtype, and stays
 # finite in float16 with the rest of the pre-activation added.
 _SATURATED = 1e4

@@ -4,8 +4,9 @@ Runs CUDA tensors on a GPU, and CPU tensors under ``TRITON_INTERPRET=1`` (how CI
 kernels' math).  float32, bfloat16 and float16.  This module is the glue between a recurrence
 call and the kernels, which know nothing of fastrnn: it allocates the results, derives what the
 kernels take (mask thresholds and kinds, the layer-norm epsilon, the recurrent inputs), and
-does the work around the recurrence in torch: the d W_hh product over every step (in the input
-dtype) and the split of the parameter gradients.
+does the work around the recurrence in torch: the layer-norm backward's W_hh (d ⊙ h_{t-1}) of
+every step, the d W_hh product over every step (both in the input dtype) and the split of the
+parameter gradients.
 
 ``FASTRNN_TRITON_PERSISTENT=0`` makes every call use the per-step driver (one launch per phase
 per step) instead of the persistent kernels.
@@ -44,6 +45,14 @@ def unsupported(device, dtype):
 def _launch():
     from ..kernels import launch  # triton is optional: imported when a call runs
     return launch
+
+
+def __getattr__(name):
+    # CELL_NAMES (fastrnn.backends): the cells the kernels have, read once triton is known to
+    # be installed (the registry asks after ``unavailable``).
+    if name == "CELL_NAMES":
+        return tuple(_launch().CELLS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _persistent() -> bool:
