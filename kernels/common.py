@@ -287,6 +287,17 @@ def store_slots(ptr, rows, row_ok, cols, col_ok, width, value):
 
 
 @triton.jit
+def store_gates(ptr, rows, row_ok, units, unit_ok, H, live, gates, cfg: tl.constexpr):
+    """A step's gates (a tuple of GATES [units, rows] tiles) into its [B, GATES·H] slab, zero
+    where ``live`` is not, one store per gate.  Stacked first (``stack4``), they made the
+    compiler keep the step's gate math in a second register layout as well (triton 3.6 spilled
+    it in the time loop; 3.9 needed about 70 more registers)."""
+    for gate in tl.static_range(cfg.GATES):
+        store_units(ptr + gate * H, rows, row_ok, units, unit_ok, cfg.GATES * H,
+                    tl.where(live, gates[gate], 0.0))
+
+
+@triton.jit
 def in_range(row_ok, cfg: tl.constexpr):
     """The row mask a load needs: None when the batch tiles cover B exactly (EVEN_B)."""
     if cfg.EVEN_B:

@@ -10,10 +10,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    step_slab,
-    round_to,
-    dropout_scale, load_slots, load_units, select_first, sigmoid, slot_columns, stack4,
-    step_mask_index, store_slots, store_units, tanh, unstack4, zoneout_weight)
+    dropout_scale, load_slots, load_units, round_to, select_first, sigmoid, slot_columns, stack4,
+    step_mask_index, step_slab, store_gates, store_slots, store_units, tanh, unstack4,
+    zoneout_weight)
 
 
 
@@ -70,8 +69,8 @@ def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, col
         store_units(step_slab(io.out, t, B, H), rows, row_ok, units, unit_ok, H,
                     tl.where(live, h_t, 0.0))
         store_units(io.h_n, rows, row_ok & last, units, unit_ok, H, h_t)
-        store_slots(step_slab(io.preact, t, B, 3 * H), rows, row_ok, cols, col_ok, 3 * H,
-                    tl.where(live, stack4(a_r, a_z, a_n, a_n), 0.0))
+        store_gates(step_slab(io.preact, t, B, 3 * H), rows, row_ok, units, unit_ok, H, live,
+                    (a_r, a_z, a_n), cfg)
         store_units(step_slab(io.middle, t, B, H), rows, row_ok, units, unit_ok, H,
                     tl.where(live, terms[2], 0.0))
         if work.inputs is not None:

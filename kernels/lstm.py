@@ -19,12 +19,11 @@ import triton
 import triton.language as tl
 
 from .common import (
-    step_slab,
-    add_chunk_product, clamped_step, column_moments, empty_product, in_range, round_to, with_first_rows,
-    dropout_scale, load_chunk, load_slots, load_units, load_vector_chunk, norm_statistics,
-    parameter_row, publish_row_values, rows_where, select_first, sigmoid, slot_columns,
-    stack4, step_geometry, step_mask_index, store_slots, store_units, tanh, time_of_step,
-    unstack4, zoneout_weight)
+    add_chunk_product, clamped_step, column_moments, dropout_scale, empty_product, in_range,
+    load_chunk, load_slots, load_units, load_vector_chunk, norm_statistics, parameter_row,
+    publish_row_values, round_to, rows_where, select_first, sigmoid, slot_columns, stack4,
+    step_geometry, step_mask_index, step_slab, store_gates, store_slots, store_units, tanh,
+    time_of_step, unstack4, with_first_rows, zoneout_weight)
 
 # Fields of one step's half [3, B, H] of the cell exchange (``_exchange``; cell norm only).
 CANDIDATE_FIELD = tl.constexpr(0)   # c~
@@ -103,8 +102,8 @@ def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, col
     c_t = keep_c * c_prev + (1.0 - keep_c) * c_new
     o = sigmoid(a_o)
     if WRITE:
-        store_slots(step_slab(io.preact, t, B, 4 * H), rows, row_ok, cols, col_ok, 4 * H,
-                    tl.where(live, stack4(a_i, a_f, a_g, a_o), 0.0))
+        store_gates(step_slab(io.preact, t, B, 4 * H), rows, row_ok, units, unit_ok, H, live,
+                    (a_i, a_f, a_g, a_o), cfg)
         store_units(step_slab(io.middle, t, B, H), rows, row_ok, units, unit_ok, H,
                     tl.where(live, c_t, 0.0))
         store_units(io.c_n, rows, row_ok & last, units, unit_ok, H, c_t)
