@@ -215,6 +215,9 @@ def forward_persistent(io, work, dims, rates, cfg: tl.constexpr, CELL: tl.conste
                                                      work, dims, rates, weights, consts,
                                                      cell_consts, cfg, CELL)
             gx = gx_next
+    # The lengths are read again rather than kept: triton 3.6 would keep them through the time
+    # loop in local memory (spilled) for this tail.
+    steps = tile_steps(io.lengths, rows, row_ok)
     if cfg.MERGED:
         CELL.merged_finish(steps, rows, row_ok, units, unit_ok, io, work, dims, rates, cell_consts,
                            pc, cfg)
