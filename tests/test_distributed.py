@@ -55,14 +55,20 @@ def worker(rank, store_path, result_path):
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank,
                             world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT)
     try:
-        model, x, targets, lengths = make_model_and_batch()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        shard = slice(2 * rank, 2 * rank + 2)
-        loss_of(ddp, x[:, shard], targets[:, shard], lengths[shard]).backward()
-        torch.save({name: p.grad for name, p in model.named_parameters()},
-                   f"{result_path}.{rank}")
+        torch.save(shard_gradients(rank), f"{result_path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def shard_gradients(rank):
+    """This rank's gradients after one DDP step on its half of the batch.  The DDP wrapper dies
+    when this returns, before the process group is destroyed: freed after it, its reducer at
+    times hung the worker's exit."""
+    model, x, targets, lengths = make_model_and_batch()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    shard = slice(2 * rank, 2 * rank + 2)
+    loss_of(ddp, x[:, shard], targets[:, shard], lengths[shard]).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
 
 
 def test_ddp_gradients_equal_single_process(tmp_path, monkeypatch):
