@@ -355,9 +355,16 @@ def clamped_step(t, T):
 
 @triton.jit
 def load_vector_chunk(ptr, k: tl.constexpr, H, cfg: tl.constexpr):
-    """Chunk k [BLOCK_K] of a [H] parameter vector."""
-    ks = k * cfg.BLOCK_K + tl.arange(0, cfg.BLOCK_K)
-    return tl.load(ptr + ks, mask=chunk_ok(ks, H, cfg), other=0.0).to(tl.float32)
+    """Chunk k [BLOCK_K] of a [H] parameter vector.  As in ``load_chunk``, the chunk's start
+    goes into the scalar pointer and whole chunks take no mask: per-chunk tensors of indices
+    and masks would stay in registers through a time loop, a set for each chunk."""
+    within = tl.arange(0, cfg.BLOCK_K)
+    if cfg.EVEN_K:
+        vector = tl.load(ptr + k * cfg.BLOCK_K + within)
+    else:
+        vector = tl.load(ptr + k * cfg.BLOCK_K + within, mask=k * cfg.BLOCK_K + within < H,
+                         other=0.0)
+    return vector.to(tl.float32)
 
 
 @triton.jit

@@ -119,7 +119,7 @@ class CellKernels(NamedTuple):
     forward_constants: Callable
     forward_cell: Callable
     merged_product: Any
-    merged_finish: Any
+    own_outputs: Any
     backward_constants: Callable
     final_cell_grad: Callable
     backward_local: Callable
@@ -128,7 +128,7 @@ class CellKernels(NamedTuple):
 
 CELLS = {
     "lstm": CellKernels(lstm.initial_states, lstm.previous_states, lstm.forward_constants,
-                   lstm.forward_cell, lstm.merged_product, lstm.merged_finish,
+                   lstm.forward_cell, lstm.merged_product, lstm.own_outputs,
                    lstm.backward_constants, lstm.final_cell_grad, lstm.backward_local,
                    lstm.backward_finish),
     "gru": CellKernels(gru.initial_states, gru.previous_states, gru.forward_constants,
@@ -207,15 +207,24 @@ class Tiling:
 MIN_DOT_BLOCK = 16           # tl.dot needs every block dimension >= 16
 HOISTED_WEIGHT_BYTES = 160 * 1024  # of the 227 KiB a CTA may have on sm_90, beside operand tiles
 GATE_SLOTS = 4
-# (reduction chunk, warps) by (backward pass, operands of 32 bits), sized for a GPU (the
-# interpreter's tilings take them too, the chunk capped at H).  Forward: small input chunks keep
-# the registers of the cell-norm exchange low, one warpgroup issues the product (M = 4·16 = 64
-# rows of W_slice).  Backward: the transposed product's M is the chunk, so 128 rows, two
-# warpgroups.  float32 products without TF32 (``dot_settings``) run on FMA units, whose operands
-# sit in registers (wgmma reads them from shared memory): twice the forward threads and
-# quarter-size backward chunks keep them from spilling.
-PASS_SHAPES = {(False, False): (32, 4), (True, False): (128, 8),
-               (False, True): (32, 8), (True, True): (32, 8)}
+# The passes whose kernels take their own shapes: "forward", "exchange forward" (the cell-norm
+# LSTM's forward, whose step also computes h of every unit of its rows from the cell exchange,
+# ``lstm.merged_product``) and "backward".
+PASSES = ("forward", "exchange forward", "backward")
+# (reduction chunk, warps) by (pass, operands of 32 bits), sized for a GPU (the interpreter's
+# tilings take them too, the chunk capped at H).  Forward: small input chunks keep the
+# registers low, one warpgroup issues the product (M = 4·16 = 64 rows of W_slice).  Exchange
+# forward: its per-step elementwise work (h of all H units × rows, then the product chunk by
+# chunk) over two warpgroups, which halves each thread's share of it and its registers (with
+# four warps triton 3.6 spills at 24 chunks); the product's N (rows) is then split between the
+# warpgroups, each reading the whole W_slice chunk.  Backward: the transposed product's M is the
+# chunk, so 128 rows, two warpgroups.  float32 products without TF32 (``dot_settings``) run on
+# FMA units, whose operands sit in registers (wgmma reads them from shared memory): twice the
+# forward threads and quarter-size backward chunks keep them from spilling.
+PASS_SHAPES = {("forward", False): (32, 4), ("exchange forward", False): (32, 8),
+               ("backward", False): (128, 8),
+               ("forward", True): (32, 8), ("exchange forward", True): (32, 8),
+               ("backward", True): (32, 8)}
 # Rows per tile of the per-step driver, which runs when even 64-row tiles give more programs
 # than SMs.
 PER_STEP_BLOCK_B = 32
@@ -227,7 +236,7 @@ def _weight_bytes(block_u: int, hidden: int, block_k: int, elem_bytes: int) -> i
 
 @functools.lru_cache(maxsize=256)
 def choose_tiling(batch: int, hidden: int, elem_bytes: int, sm_count: Optional[int],
-                  backward: bool = False) -> Tiling:
+                  kernel_pass: str = "forward") -> Tiling:
     """Default tiling per shape and pass.  ``sm_count`` None means the interpreter: programs run
     one after another, so a single column split (the persistent kernel then needs no barrier).
 
@@ -238,7 +247,7 @@ def choose_tiling(batch: int, hidden: int, elem_bytes: int, sm_count: Optional[i
     rows leave too few registers per thread; when even 64-row tiles give more programs than SMs,
     the per-step driver runs (PER_STEP_BLOCK_B rows, W_hh streamed)."""
     hidden_p2 = max(triton.next_power_of_2(hidden), MIN_DOT_BLOCK)
-    chunk, warps = PASS_SHAPES[backward, elem_bytes >= 4]
+    chunk, warps = PASS_SHAPES[kernel_pass, elem_bytes >= 4]
     block_k = min(hidden_p2, chunk)
     if sm_count is None:
         block_b = min(max(triton.next_power_of_2(batch), MIN_DOT_BLOCK), 64)
@@ -293,7 +302,7 @@ def target_sm_count(count: int):
 
 
 def tiling_for(batch: int, hidden: int, dtype: torch.dtype, device: torch.device,
-               backward: bool = False) -> Tiling:
+               kernel_pass: str = "forward") -> Tiling:
     """The tiling of a pass: ``choose_tiling``, then any ``forced_tiling`` fields."""
     if _sm_count_override:
         sm_count = _sm_count_override[-1]
@@ -301,7 +310,7 @@ def tiling_for(batch: int, hidden: int, dtype: torch.dtype, device: torch.device
         sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sm_count = None
-    tiling = choose_tiling(batch, hidden, torch.finfo(dtype).bits // 8, sm_count, backward)
+    tiling = choose_tiling(batch, hidden, torch.finfo(dtype).bits // 8, sm_count, kernel_pass)
     if _tiling_override:
         tiling = dataclasses.replace(tiling, **_tiling_override)
     if sm_count is None and tiling.splits(hidden) > 1 and tiling.persistent \
@@ -325,10 +334,15 @@ def dot_settings(dtype: torch.dtype, device: torch.device):
     return operand, "tf32" if tf32 else "ieee"
 
 
+def _cell_norm(options: Options) -> bool:
+    """The LSTM's cell norm runs (and with it the cell exchange, ``Config.MERGED``)."""
+    return options.layer_norm and options.cell_norm
+
+
 def _config(tiling: Tiling, dims: Dims, options: Options, rates: Rates, dtype, device,
             phase: int = 0) -> Config:
     splits = tiling.splits(dims.H)
-    cell_norm = options.layer_norm and options.cell_norm
+    cell_norm = _cell_norm(options)
     zone_h = rates.zoneout_hidden[1] > 0
     operand, precision = dot_settings(dtype, device)
     groups = options.ln_groups
@@ -434,7 +448,11 @@ class _Plan(NamedTuple):
 
 def _plan(dims: Dims, options: Options, rates: Rates, dtype, device, persistent: bool,
           backward: bool) -> _Plan:
-    tiling = tiling_for(dims.B, dims.H, dtype, device, backward=backward)
+    if backward:
+        kernel_pass = "backward"
+    else:
+        kernel_pass = "exchange forward" if _cell_norm(options) else "forward"
+    tiling = tiling_for(dims.B, dims.H, dtype, device, kernel_pass)
     if not persistent:
         tiling = dataclasses.replace(tiling, persistent=False)
     cfg = _config(tiling, dims, options, rates, dtype, device)

@@ -8,8 +8,9 @@ The cell norm needs statistics of c~ over all H units of a row, which no split h
 Instead of a third barrier per step (publish the moments, meet, then compute h and publish it),
 each split publishes c~, σ(o) and — with hidden zoneout in training — the zoneout bit of its
 units, plus the moments of c~; at the next step every split reads them for all units of its
-rows, merges the moments, and computes h_{t-1} itself (``merged_product``), writing only its own
-units of ``out``.  So a layer-norm step meets two barriers: the recurrent norm's and this one.
+rows, merges the moments, and computes h_{t-1} itself (``merged_product``); ``own_outputs``
+writes its own units of ``out``.  So a layer-norm step meets two barriers: the recurrent norm's
+and this one.
 
 Backward: the cell norm's row sums S1 = Σ dN_c, S2 = Σ dN_c ⊙ N_c enter d c~ linearly, so the
 gate gradients are d_a = P + S1·Q + S2·R with local P, Q, R, and the layer-norm backward of
@@ -23,7 +24,7 @@ from .common import (
     load_chunk, load_slots, load_units, load_vector_chunk, norm_statistics, parameter_row,
     publish_row_values, round_to, rows_where, select_first, sigmoid, slot_columns, stack4,
     step_geometry, step_mask_index, step_slab, store_gates, store_slots, store_units, tanh,
-    time_of_step, unstack4, with_first_rows, zoneout_weight)
+    unstack4, with_first_rows, zoneout_weight)
 
 # Fields of one step's half [3, B, H] of the cell exchange (``_exchange``; cell norm only).
 CANDIDATE_FIELD = tl.constexpr(0)   # c~
@@ -160,10 +161,11 @@ def _eval_keep(like, rates, cfg: tl.constexpr):
 
 
 @triton.jit
-def _own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims, rates, consts,
-                 pc, cfg: tl.constexpr):
+def own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims, rates, consts, pc,
+                cfg: tl.constexpr):
     """Writes h of step ``previous_t`` for the program's units — out (zero where the row did not
-    run), h_n where it was the row's last step, and split 0's cell statistics."""
+    run), h_n where it was the row's last step, and split 0's cell statistics — from the cell
+    exchange of that step (a driver calls it before each step and once after the last)."""
     T, B, H = dims
     rmask, gamma, beta = consts
     has_previous = rows_where(rows, (previous_t >= 0) & (previous_t < steps))
@@ -200,16 +202,11 @@ def _own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims
 
 
 @triton.jit
-def merged_product(t, steps, previous_t, first, rows, row_ok, units, unit_ok, weights, cols, col_ok,
-                   io, work, dims, rates, consts, pc, WRITE: tl.constexpr, cfg: tl.constexpr):
+def merged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io, work, dims,
+                   rates, cfg: tl.constexpr):
     """W_slice · x_{t-1}ᵀ with x_{t-1} = d ⊙ h_{t-1} for every unit of the rows, h_{t-1} computed
-    from the previous step's cell exchange (h0 on a row's first step); WRITE: also this
-    program's units of step t-1's outputs."""
+    from the previous step's cell exchange (h0 on a row's first step)."""
     T, B, H = dims
-    rmask, gamma, beta = consts
-    if WRITE:
-        _own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims, rates, consts,
-                     pc, cfg)
     lengths = tl.load(io.lengths + rows, mask=row_ok, other=0).to(tl.int32)
     _, first_before, _, before_t = step_geometry(previous_t, lengths, cfg.REVERSE)
     exchange, moments = _exchange(work, previous_t, B, H, cfg)
@@ -242,15 +239,6 @@ def merged_product(t, steps, previous_t, first, rows, row_ok, units, unit_ok, we
         # loads at once, and their registers together spill.
         tl.debug_barrier()
     return acc
-
-
-@triton.jit
-def merged_finish(steps, rows, row_ok, units, unit_ok, io, work, dims, rates, consts, pc,
-                  cfg: tl.constexpr):
-    """After the tile's last step: its outputs, which no later step writes."""
-    last_t = time_of_step(steps - 1, steps, cfg.REVERSE)
-    _own_outputs(last_t, steps, rows, row_ok, units, unit_ok, io, work, dims, rates, consts, pc,
-                 cfg)
 
 
 # ---------------------------------------------------------------------------------- backward

@@ -155,9 +155,8 @@ def forward_step(t, steps, h_prev, c_prev, gx, syncs, ok, io, work, dims, rates,
     pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
     if cfg.MERGED:
-        hh = CELL.merged_product(t, steps, previous_t, first, rows, row_ok, units, unit_ok,
-                                 weights, cols, col_ok, io, work, dims, rates, cell_consts, pc,
-                                 cfg.PERSISTENT or cfg.PHASE == cfg.FIRST_PHASE, cfg)
+        hh = CELL.merged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io,
+                                 work, dims, rates, cfg)
     else:
         hh = exchanged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io,
                                work, dims, cfg)
@@ -205,22 +204,30 @@ def forward_persistent(io, work, dims, rates, cfg: tl.constexpr, CELL: tl.conste
     gx = load_gx(time_of_step(0, steps, cfg.REVERSE), rows, row_ok, cols, col_ok, io, dims, cfg)
     syncs = 0
     ok = True
-    for s in range(0, steps):
+    # A cell with ``own_outputs`` writes each step's h at the start of the next, so its loop
+    # runs once more for the last step's: one copy of that code, in the loop (a copy after the
+    # loop kept its lane offsets through the loop, spilled, with triton 3.6).
+    if cfg.MERGED:
+        loop_end = steps + 1
+    else:
+        loop_end = steps
+    for s in range(0, loop_end):
         if ok:
-            t = time_of_step(s, steps, cfg.REVERSE)
-            t_next = time_of_step(s + 1, steps, cfg.REVERSE)
-            gx_next = load_gx(t_next, rows, row_ok & rows_where(rows, s + 1 < steps), cols,
-                              col_ok, io, dims, cfg)
-            h_prev, c_prev, syncs, ok = forward_step(t, steps, h_prev, c_prev, gx, syncs, ok, io,
-                                                     work, dims, rates, weights, consts,
-                                                     cell_consts, cfg, CELL)
-            gx = gx_next
+            if cfg.MERGED:
+                CELL.own_outputs(time_of_step(s - 1, steps, cfg.REVERSE), steps, rows, row_ok,
+                                 units, unit_ok, io, work, dims, rates, cell_consts, pc, cfg)
+            if s < steps:
+                t = time_of_step(s, steps, cfg.REVERSE)
+                t_next = time_of_step(s + 1, steps, cfg.REVERSE)
+                gx_next = load_gx(t_next, rows, row_ok & rows_where(rows, s + 1 < steps), cols,
+                                  col_ok, io, dims, cfg)
+                h_prev, c_prev, syncs, ok = forward_step(t, steps, h_prev, c_prev, gx, syncs, ok,
+                                                         io, work, dims, rates, weights, consts,
+                                                         cell_consts, cfg, CELL)
+                gx = gx_next
     # The lengths are read again rather than kept: triton 3.6 would keep them through the time
     # loop in local memory (spilled) for this tail.
     steps = tile_steps(io.lengths, rows, row_ok)
-    if cfg.MERGED:
-        CELL.merged_finish(steps, rows, row_ok, units, unit_ok, io, work, dims, rates, cell_consts,
-                           pc, cfg)
     for t in range(steps, T):
         zero_step(t, rows, row_ok, units, unit_ok, io, dims, cfg)
 
@@ -233,8 +240,8 @@ def forward_phase(io, work, dims, rates, t, cfg: tl.constexpr, CELL: tl.constexp
     steps = tile_steps(io.lengths, rows, row_ok)
     cell_consts = CELL.forward_constants(io, rows, row_ok, units, unit_ok, H, cfg)
     if cfg.PHASE == PHASE_FINISH:
-        CELL.merged_finish(steps, rows, row_ok, units, unit_ok, io, work, dims, rates, cell_consts,
-                           pc, cfg)
+        CELL.own_outputs(time_of_step(steps - 1, steps, cfg.REVERSE), steps, rows, row_ok, units,
+                         unit_ok, io, work, dims, rates, cell_consts, pc, cfg)
     elif t >= steps:
         if writes(PHASE_CELL, cfg):
             zero_step(t, rows, row_ok, units, unit_ok, io, dims, cfg)
@@ -245,6 +252,9 @@ def forward_phase(io, work, dims, rates, t, cfg: tl.constexpr, CELL: tl.constexp
         h_prev, c_prev = CELL.previous_states(previous_t, first, rows, row_ok, units, unit_ok, io,
                                               dims, cfg)
         gx = load_gx(t, rows, row_ok, cols, col_ok, io, dims, cfg)
+        if cfg.MERGED and cfg.PHASE == cfg.FIRST_PHASE:
+            CELL.own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims,
+                             rates, cell_consts, pc, cfg)
         forward_step(t, steps, h_prev, c_prev, gx, 0, True, io, work, dims, rates, weights, consts,
                      cell_consts, cfg, CELL)
 

@@ -300,6 +300,8 @@ TILINGS: Dict[str, tuple] = {
     "streamed_chunks": (dict(hidden=40, lengths=[5, 2, 4]), dict(hoist=False, block_k=16)),
     "driver_streamed": (dict(hidden=40, batch=4, lengths=[3, 1, 2, 3]),
                         dict(block_u=16, hoist=False, block_k=16, persistent=False)),
+    # H and B whole multiples of the chunk and the batch tile: the loads without masks.
+    "whole_blocks": (dict(batch=16, hidden=32, lengths=[5, 2, 4, 5] * 4), dict(block_k=16)),
 }
 
 

@@ -25,12 +25,7 @@ SHAPES = "64:512:bfloat16,16:768:float16,256:1024:bfloat16,64:512:float32"
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
 # Kernels that spill with a given Triton, by (cell, pass, B, H): each entry says why; an entry
 # that no longer spills fails the test, so the list stays true.
-KNOWN_SPILLS = {
-    (3, 6): {("ln_lstm", "forward", 16, 768): "triton 3.6 keeps a few lane offsets of the "
-             "layer-norm LSTM forward's start in local memory for its tail (the cell norm's "
-             "last outputs): reloaded once after the time loop, which itself does not spill; "
-             "triton >= 3.9 keeps them in registers"},
-}
+KNOWN_SPILLS: dict = {}
 
 
 def _environment():

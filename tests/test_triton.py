@@ -19,7 +19,7 @@ from fastrnn import masks as M  # noqa: E402
 from fastrnn import ops  # noqa: E402
 from fastrnn.backends.fused import poisoned_outputs  # noqa: E402
 from fastrnn.kernels.launch import (  # noqa: E402
-    barrier_spin_limit, choose_tiling, forced_tiling, tiling_for)
+    PASSES, barrier_spin_limit, choose_tiling, forced_tiling, tiling_for)
 from support import (  # noqa: E402
     HALF_PRECISION, OPTIONS, REGULARIZED, TILINGS, case, cases, cast, check_against_reference,
     make_call, make_inputs, tiling_case)
@@ -60,8 +60,8 @@ def test_half_precision(name, dtype):
 def test_default_gpu_tiling_fits_the_machine():
     """A persistent kernel needs every program resident: grid within the SM count."""
     for batch, hidden in [(64, 512), (16, 768), (3, 7), (128, 256)]:
-        for backward in (False, True):
-            tiling = choose_tiling(batch, hidden, 2, 132, backward)
+        for kernel_pass in PASSES:
+            tiling = choose_tiling(batch, hidden, 2, 132, kernel_pass)
             assert tiling.persistent
             assert tiling.programs(batch, hidden) <= 132
             assert min(tiling.block_b, tiling.block_u, tiling.block_k) >= 16
