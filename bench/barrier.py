@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from fastrnn.kernels.common import tile_barrier
+from fastrnn.kernels.common import INTERPRETING, tile_barrier
+from fastrnn.kernels.launch import constexpr_options
 
 from .report import environment, file_stem
 
@@ -54,13 +55,10 @@ def _launch(programs: int, count: int, device: torch.device) -> torch.Tensor:
     """One launch; returns its abort flag (nonzero: the barriers gave up, the programs were not
     co-resident)."""
     sync = torch.zeros(2, dtype=torch.int32, device=device)  # abort flag, one tile's counter
-    cfg = BarrierConfig(programs, SPIN_LIMIT)
-    options = {}
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        # triton 3.6 hands a constexpr NamedTuple's fields to jit code as plain values.
-        cfg = BarrierConfig(*(tl.constexpr(value) for value in cfg))
-        options = {"launch_cooperative_grid": programs > 1}
-    _barriers[(1, programs)](sync, count, cfg=cfg, num_warps=4, **options)
+    options = constexpr_options(dict(cfg=BarrierConfig(programs, SPIN_LIMIT), num_warps=4))
+    if not INTERPRETING:
+        options["launch_cooperative_grid"] = programs > 1
+    _barriers[(1, programs)](sync, count, **options)
     return sync[0]
 
 

@@ -46,8 +46,8 @@ def forward_constants(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, cols, col_ok, active,
-                 first, last, io, work, dims, rates, rmask, WRITE: tl.constexpr,
+def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, active, first,
+                 last, io, work, dims, rates, rmask, WRITE: tl.constexpr,
                  cfg: tl.constexpr):
     """Gates and hidden state of step t; returns (h, unused)."""
     T, B, H = dims

@@ -82,8 +82,8 @@ def forward_constants(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, cols, col_ok, active,
-                 first, last, io, work, dims, rates, consts, WRITE: tl.constexpr,
+def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, active, first,
+                 last, io, work, dims, rates, consts, WRITE: tl.constexpr,
                  cfg: tl.constexpr):
     """Gates, cell and (without the cell norm) hidden state of step t; returns (h, c), h being
     h_prev unchanged with the cell norm (the next step's ``merged_product`` computes it)."""

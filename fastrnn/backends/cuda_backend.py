@@ -7,10 +7,11 @@ headers, which CI's CUDA toolkit does not have); they are exposed by a small pyb
 ``fastrnn._C``, that takes device addresses, sizes, dtype codes and the stream handle.  This
 module is the rest of the backend: it allocates every tensor with torch, launches on
 ``torch.cuda.current_stream()``, and does the work around the recurrence with torch ops: the
-weight gradient ``d W_hh = d_hhᵀ (d ⊙ h_{t-1})`` as one GEMM, the recomputation of ``W_hh (d ⊙ h_{t-1})`` for all t when the layer-norm backward needs it,
-and the sum of the per-tile parameter-gradient partials.  So csrc/ compiles without a CUDA build
-of torch (``.ci/compile_csrc.sh`` checks it on CPU machines), and the ops of ``fastrnn.ops`` reach
-it as ``backend="cuda"``.  Nothing here synchronizes with the host, so calls can be captured in
+weight gradient ``d W_hh = d_hhᵀ (d ⊙ h_{t-1})`` as one GEMM, the recomputation of
+``W_hh (d ⊙ h_{t-1})`` for all t when the layer-norm backward needs it, and the sum of the
+per-tile parameter-gradient partials.  So csrc/ compiles without a CUDA build of torch
+(``.ci/compile_csrc.sh`` checks it on CPU machines), and the ops of ``fastrnn.ops`` reach it as
+``backend="cuda"``.  Nothing here synchronizes with the host, so calls can be captured in
 CUDA graphs.  csrc/README.md describes the kernels.
 """
 from __future__ import annotations
