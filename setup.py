@@ -45,6 +45,7 @@ def cuda_extension():
     # Relative to the distribution root, as setuptools expects the paths of a setup script.
     sources = [os.path.relpath(path, ROOT) for path in cuda_build.sources(Path(ROOT, "csrc"))]
     reason = None
+    cuda_build.use_cuda_home()   # before torch guesses it from nvcc's directory
     try:
         import torch
         from torch.utils import cpp_extension
@@ -67,7 +68,8 @@ def cuda_extension():
         "fastrnn._C", sources, include_dirs=[os.path.abspath("csrc")],
         extra_compile_args={"cxx": ["-O3"], "nvcc": cuda_build.nvcc_flags()})
     decision = (f"fastrnn: building the CUDA extension fastrnn._C (torch {torch.__version__}, "
-                f"CUDA {torch.version.cuda}); this takes minutes")
+                f"CUDA {torch.version.cuda}, toolkit {cpp_extension.CUDA_HOME}); "
+                "this takes minutes")
     return [extension], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}, decision
 
 

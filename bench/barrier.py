@@ -26,14 +26,13 @@ import triton
 import triton.language as tl
 
 from fastrnn.kernels.common import INTERPRETING, tile_barrier
-from fastrnn.kernels.launch import constexpr_options
+from fastrnn.kernels.launch import SPIN_LIMIT, WAIT_NS, constexpr_options
 
 from .report import environment, file_stem
 
 PROGRAMS = (8, 16, 32, 48, 64, 96, 128)
 SHORT, LONG = 100, 2100
 REPEATS = 5
-SPIN_LIMIT = 1 << 22
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -41,6 +40,7 @@ class BarrierConfig(NamedTuple):
     """The fields of the kernels' Config that ``tile_barrier`` reads."""
     SPLITS: int
     SPIN_LIMIT: int
+    WAIT_NS: int
 
 
 @triton.jit
@@ -55,7 +55,8 @@ def _launch(programs: int, count: int, device: torch.device) -> torch.Tensor:
     """One launch; returns its abort flag (nonzero: the barriers gave up, the programs were not
     co-resident)."""
     sync = torch.zeros(2, dtype=torch.int32, device=device)  # abort flag, one tile's counter
-    options = constexpr_options(dict(cfg=BarrierConfig(programs, SPIN_LIMIT), num_warps=4))
+    options = constexpr_options(dict(cfg=BarrierConfig(programs, SPIN_LIMIT, WAIT_NS),
+                                     num_warps=4))
     if not INTERPRETING:
         options["launch_cooperative_grid"] = programs > 1
     _barriers[(1, programs)](sync, count, **options)

@@ -97,27 +97,40 @@ def existing(document: dict, out_dir: str) -> Optional[dict]:
 def write(document: dict, out_dir: str, fresh: bool = False) -> Dict[str, str]:
     """Writes <stem>.json (merged with an existing one of the same day unless ``fresh``), then
     <stem>.md and <stem>.png from it. Returns the paths."""
+    previous = None if fresh else existing(document, out_dir)
+    return write_merged(document, previous, out_dir)
+
+
+def write_merged(document: dict, previous: Optional[dict], out_dir: str,
+                 plot_too: bool = True) -> Dict[str, str]:
+    """``write`` with the document to merge into given (None: none): a run that writes its rows
+    as they finish merges each time into the file as it was before the run.  ``plot_too``
+    False leaves the PNG out (seconds of matplotlib, drawn once the run ends)."""
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, file_stem(document))
     paths = {"json": stem + ".json", "md": stem + ".md", "png": stem + ".png"}
-    previous = None if fresh else existing(document, out_dir)
     if previous is not None:
         document = merge(previous, document)
-    with open(paths["json"], "w") as f:
+    with open(paths["json"] + ".part", "w") as f:
         json.dump(document, f, indent=1, allow_nan=False)
         f.write("\n")
-    render(paths["json"])
+    # Renamed into place: a run killed while writing leaves the previous complete file.
+    os.replace(paths["json"] + ".part", paths["json"])
+    render(paths["json"], plot_too)
+    if not plot_too:
+        del paths["png"]
     return paths
 
 
-def render(json_path: str) -> None:
+def render(json_path: str, plot_too: bool = True) -> None:
     """(Re)writes the markdown table and the plot beside a result JSON."""
     with open(json_path) as f:
         document = json.load(f)
     stem = os.path.splitext(json_path)[0]
     with open(stem + ".md", "w") as f:
         f.write(markdown(document))
-    plot(document, stem + ".png")
+    if plot_too:
+        plot(document, stem + ".png")
 
 
 # ----------------------------------------------------------------------------- what it says

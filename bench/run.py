@@ -1,7 +1,8 @@
 """The benchmark's one entry point: ``python -m bench.run`` from the repository root.
 
 On a CUDA machine it runs the benchmark grid (``--headline`` for the headline rows only) and
-publishes bench/results/<gpu>-<date>.{json,md,png}.  Without a GPU it runs a small CPU grid
+publishes bench/results/<gpu>-<date>.{json,md,png}; the JSON and the markdown are rewritten as
+each row finishes, so that a run killed midway keeps what it measured.  Without a GPU it runs a small CPU grid
 (the fastrnn reference and the torch loop against torch.nn) into bench/cache/, which checks the
 harness and says nothing about the fused kernels.  bench/README.md states the protocol: grid,
 implementations, fields and targets.  ``--headline-table FILE`` prints the README's headline
@@ -10,11 +11,13 @@ table from a result JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 STARTED = time.perf_counter()
@@ -91,6 +94,36 @@ def settings_for(args, device: torch.device) -> Settings:
                     else defaults.row_seconds)
 
 
+def workloads(args, device_type: str):
+    """The run's workloads: its preset (by ``--headline`` and the device) narrowed by the
+    arguments; ValueError names a bad one."""
+    preset = PRESETS["headline" if args.headline else ("gpu" if device_type == "cuda" else "cpu")]
+    return build_grid(preset, args.cells, args.batch, args.hidden, args.steps, args.dtypes,
+                      args.modes)
+
+
+@contextlib.contextmanager
+def fastrnn_warnings():
+    """Yields a list that collects the messages of the warnings fastrnn gives in the block (a
+    persistent kernel that falls back to the per-step driver says so only by a warning, which
+    a log would bury); the caller empties it as it reports them.  Other warnings are shown as
+    usual."""
+    caught: List[str] = []
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message).startswith("fastrnn") or f"{os.sep}fastrnn{os.sep}" in filename:
+            caught.append(f"{category.__name__}: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield caught
+    finally:
+        warnings.showwarning = shown
+
+
 def select_implementations(args, device: torch.device):
     impls = all_implementations(device, args.compile_budget)
     names = [i.name for i in impls]
@@ -118,10 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         report.render(args.render)
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    preset = PRESETS["headline" if args.headline else ("gpu" if device.type == "cuda" else "cpu")]
     try:
-        workloads = build_grid(preset, args.cells, args.batch, args.hidden, args.steps,
-                               args.dtypes, args.modes)
+        grid = workloads(args, device.type)
     except ValueError as error:
         sys.exit(str(error))
     settings = settings_for(args, device)
@@ -135,28 +166,48 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("No CUDA GPU here: the fused kernels (fastrnn-triton, fastrnn-cuda) need one. "
               "This run times the fastrnn reference and the torch loop against torch.nn on "
               "CPU, a check of the harness, not a result.")
-    jobs, missing = plan(workloads, select_implementations(args, device), device)
+    jobs, missing = plan(grid, select_implementations(args, device), device)
     for entry in missing:
         dtype = f" ({entry['dtype']})" if entry.get("dtype") else ""
         print(f"missing: {entry['impl']}{dtype}: {entry['reason']}")
-    print(f"{len(workloads)} workloads, {len(jobs)} rows; each row warms up, times, measures "
+    print(f"{len(grid)} workloads, {len(jobs)} rows; each row warms up, times, measures "
           f"peak memory and checks against a float64 reference (once per shape and mode)",
           flush=True)
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    rows_began = time.perf_counter()
-    rows, failed = run_jobs(jobs, settings, device,
-                            progress=progress_style(not args.no_progress))
-    rows_s = time.perf_counter() - rows_began
+    this_run = {"started": started, "argv": sys.argv[1:] if argv is None else argv,
+                "settings": vars(settings)}
     document = {**environment, "baseline": base, "peak_mem": peak_memory_method(device),
-                "rows": rows, "missing": missing, "failed": failed,
-                "runs": [{"started": started, "argv": sys.argv[1:] if argv is None else argv,
-                          "settings": vars(settings)}]}
+                "rows": [], "missing": missing, "failed": [], "runs": [this_run]}
     out_dir = args.out_dir or (RESULTS_DIR if device.type == "cuda" else CACHE_DIR)
     previous = None if args.fresh else report.existing(document, out_dir)
+    warned: List[str] = []
+
+    def write_so_far(rows, failed, caught):
+        # Each finished row is written at once: a run killed midway (a time limit) keeps
+        # every row it measured; the plot waits for the end.
+        done = f"{len(rows) + len(failed)} of {len(jobs)} rows"
+        for text in caught:   # given during the row just done
+            print(f"warning (row {done}): {text}", flush=True)
+            warned.append(f"row {done}: {text}")
+        del caught[:]
+        this_run["unfinished"] = f"{done} written"
+        report.write_merged(dict(document, rows=rows, failed=failed), previous, out_dir,
+                            plot_too=False)
+
+    rows_began = time.perf_counter()
+    with fastrnn_warnings() as caught:
+        rows, failed = run_jobs(jobs, settings, device,
+                                progress=progress_style(not args.no_progress),
+                                on_row=lambda rows, failed: write_so_far(rows, failed, caught))
+    rows_s = time.perf_counter() - rows_began
+    this_run.pop("unfinished", None)
+    if warned:
+        this_run["warnings"] = warned
+    document.update(rows=rows, failed=failed)
     moved = report.moved(previous, document) if previous is not None else []
-    document["runs"][0]["moved"] = moved
+    this_run["moved"] = moved
     writing_began = time.perf_counter()
-    paths = report.write(document, out_dir, fresh=args.fresh)
+    paths = report.write_merged(document, previous, out_dir)
     writing_s = time.perf_counter() - writing_began
     if len(rows) <= 80:
         print(report.rows_table(rows, document) + "\n" + report.legend(document), end="")

@@ -7,14 +7,16 @@ mode, then backward) and for an inference forward, at the static shapes (B=64 H=
 B=16 H=768 fp16, B=256 H=1024 bf16), this runs fastrnn's Triton backend on CPU tensors of
 RECORDED_STEPS steps with the launches recorded instead of run (the host code chooses the
 tiling an H100/H200 with 132 SMs gets), then compiles each recorded launch with the JIT's own
-binder — the same specialization as a real launch — for GPUTarget("cuda", 90, 32), down to a
-cubin.
+binder — the same specialization, options and so the same Triton cache key as a real launch
+(``cache_key``; TRITON_CACHE_DIR set, the compiled kernels are the entries an sm_90 GPU's
+launches find) — for GPUTarget("cuda", 90, 32), down to a cubin.
 
 Compiled facts (read from the compilation, never predicted): registers and stack from the cubin
 (``cuobjdump -res-usage``; registers else from the ptxas log), spill bytes from the ptxas log of
 that very compilation, shared memory from the kernel's metadata plus the cubin's static shared
 memory, the number of tile barriers per step from the PTX (one release add each; every barrier
-is in the step loop). Derived from those facts: CTAs per SM (registers, shared memory, warps),
+is in the step loop), and the memory operations with release and acquire semantics (each
+barrier needs an acquire after its wait). Derived from those facts: CTAs per SM (registers, shared memory, warps),
 how many SMs the grid keeps busy and whether every program can be resident. From the tiling: the
 bytes each CTA reads from L2/HBM per step. ``est_us_per_step`` is an ESTIMATE on those facts,
 with the assumptions written beside it in the result file; it is not a measurement.
@@ -37,8 +39,10 @@ import sys
 import tempfile
 from typing import Dict, Iterable, List, Optional, Tuple
 
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default real launches get
-os.environ.pop("TRITON_INTERPRET", None)                 # compile, do not interpret
+# Compile, do not interpret.  Nothing else in the environment is touched: the variables Triton
+# puts into its cache key (``get_cache_invalidating_env_vars``) must be those of the process
+# that launches, so that a prewarm (scripts/gpu_check.sh) fills the entries the launches find.
+os.environ.pop("TRITON_INTERPRET", None)
 if "TRITON_CACHE_DIR" not in os.environ:
     # A kernel found in Triton's cache is not compiled again, so ptxas would print no log.
     import atexit
@@ -50,7 +54,9 @@ if "TRITON_CACHE_DIR" not in os.environ:
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton._C.libtriton import get_cache_invalidating_env_vars  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
+from triton.compiler.compiler import get_cache_key  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 from fastrnn import masks as M  # noqa: E402
@@ -159,18 +165,33 @@ def _ptxas_log():
         knobs.dump_ptxas_log = previous
 
 
-def compile_launch(kernel, args, kwargs):
-    """(compiled kernel, ptxas log) of one recorded launch, specialized as the JIT would."""
-    kwargs = {k: v for k, v in launch.constexpr_options(kwargs).items()
-              if k != "launch_cooperative_grid"}
+def launch_source(kernel, args, kwargs):
+    """(ASTSource, options) of one recorded launch, specialized as the JIT specializes it: its
+    own binder and ``_pack_args`` on the launch's arguments and keyword arguments, as
+    ``launch._launch`` passes them (launch_cooperative_grid included: an option, so part of the
+    cache key)."""
+    kwargs = launch.constexpr_options(kwargs)
     backend = make_backend(TARGET)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
                                                               specialization, options)
-    source = ASTSource(kernel, signature, constexprs, attrs)
+    return ASTSource(kernel, signature, constexprs, attrs), options.__dict__
+
+
+def cache_key(source, options: dict) -> str:
+    """The key under which ``triton.compile`` caches ``source`` for sm_90 in this process."""
+    backend = make_backend(TARGET)
+    parsed = backend.parse_options(dict(options, **source.parse_options()))
+    return get_cache_key(source, backend, parsed, env_vars=get_cache_invalidating_env_vars())
+
+
+def compile_launch(kernel, args, kwargs):
+    """(compiled kernel, ptxas log) of one recorded launch, into the Triton cache entry that
+    the same launch on an sm_90 GPU looks up (``tests/test_static.py`` checks the keys)."""
+    source, options = launch_source(kernel, args, kwargs)
     with _ptxas_log() as log:
-        binary = triton.compile(source, target=TARGET, options=options.__dict__)
+        binary = triton.compile(source, target=TARGET, options=options)
     return binary, log.getvalue()
 
 
@@ -206,6 +227,13 @@ def kernel_facts(binary, log: str, num_warps: int) -> dict:
         "ctas_per_sm": min(by_registers, by_shared, WARPS_PER_SM // num_warps),
         # Each tile barrier arrives with one release add (its polls compile to relaxed loads).
         "barriers_per_step": len(re.findall(r"(?:atom|red)\.[^;]*release[^;]*\.add", ptx)),
+        # Memory operations with release / acquire semantics (a fence.acq_rel or an acq_rel
+        # atomic counts as both): each barrier needs an acquire after its wait, or the other
+        # splits' writes are not ordered before this CTA's reads.
+        "release_ops": len(re.findall(r"\b(?:(?:atom|red|st)\.[^;\s]*\b(?:release|acq_rel)|"
+                                      r"fence\.(?:acq_rel|sc))\b", ptx)),
+        "acquire_ops": len(re.findall(r"\b(?:(?:atom|ld)\.[^;\s]*\b(?:acquire|acq_rel)|"
+                                      r"fence\.(?:acq_rel|sc))\b", ptx)),
         "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
         "mma_sync": len(re.findall(r"\bmma\.sync", ptx)),
     }
@@ -308,7 +336,8 @@ def _distinct(rows: List[dict]) -> List[dict]:
 
 COLUMNS = ("cell", "B", "H", "dtype", "mode", "pass", "kernel", "grid", "ctas", "registers",
            "spill_bytes", "shared_bytes", "ctas_per_sm", "sms_busy", "co_resident",
-           "w_hh_on_chip", "barriers_per_step", "bytes_per_step", "est_us_per_step")
+           "w_hh_on_chip", "barriers_per_step", "release_ops", "acquire_ops", "bytes_per_step",
+           "est_us_per_step")
 
 
 def markdown(document: dict) -> str:

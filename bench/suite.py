@@ -10,7 +10,7 @@ import dataclasses
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
@@ -89,10 +89,14 @@ def progress_style(bar_wanted: bool) -> str:
 
 
 def run_jobs(jobs: Sequence[Job], settings: Settings, device: torch.device,
-             progress: str = "bar") -> Tuple[List[dict], List[dict]]:
+             progress: str = "bar",
+             on_row: Optional[Callable[[List[dict], List[dict]], None]] = None,
+             ) -> Tuple[List[dict], List[dict]]:
     """(rows, failed): a row per job that ran; an entry with the error for each that raised.
 
-    ``progress``: "bar" (tqdm), "lines" (a line per row on stdout) or "off".
+    ``progress``: "bar" (tqdm), "lines" (a line per row on stdout) or "off".  ``on_row``: called
+    with (rows, failed) so far after each job (bench.run writes them: a run killed midway keeps
+    what it measured); their ratios are those among the rows so far.
     """
     if progress not in PROGRESS_STYLES:
         raise ValueError(f"progress must be one of {PROGRESS_STYLES}, got {progress!r}")
@@ -141,6 +145,9 @@ def run_jobs(jobs: Sequence[Job], settings: Settings, device: torch.device,
                 took += f", of which {reference_s:.1f} s the float64 reference"
             counter = f"[{index:{len(str(len(jobs)))}}/{len(jobs)}]"
             print(f"{counter} {job.impl.name} {workload.label()}: {outcome} ({took})", flush=True)
+        if on_row is not None:
+            add_ratios(rows, baseline_name(device))
+            on_row(rows, failed)
     add_ratios(rows, baseline_name(device))
     return rows, failed
 

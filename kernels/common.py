@@ -376,16 +376,39 @@ def select_first(first, initial, carried):
 # ------------------------------------------------------------------------- tile barrier
 
 @triton.jit
+def _now_ns():
+    """The GPU's global timer (ns)."""
+    return tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _waited_too_long(spins, start, cfg: tl.constexpr):
+    """The bound of a barrier wait: ``cfg.SPIN_LIMIT`` polls under the interpreter (no clock
+    there), ``cfg.WAIT_NS`` of the global timer on a GPU, where a poll's cost (two dependent L2
+    round trips and a CTA barrier, under whatever else the GPU runs) is not known well enough to
+    turn a time into a count."""
+    if INTERPRETING:
+        return spins >= cfg.SPIN_LIMIT
+    else:
+        return _now_ns() - start >= cfg.WAIT_NS
+
+
+@triton.jit
 def tile_barrier(sync_ptr, pb, expected, cfg: tl.constexpr):
     """The column splits of batch tile ``pb`` meet here; returns False when the wait was
     abandoned.
 
     ``sync_ptr`` -> int32 [the launch's abort flag, one arrival counter per tile]; ``expected``
     is the number of arrivals so far (barrier count × SPLITS), so counters never need resetting.
-    Polls are relaxed atomics (served by L2, no L1 invalidation each try); one acquire after the
-    wait orders what follows.  A wait past ``cfg.SPIN_LIMIT`` polls — programs that are not
-    co-resident — raises the abort flag, which every waiting program sees, so the launch ends
-    instead of hanging and the host reports it.  With one split only the CTA barrier is needed.
+    Arrival is a release add.  Polls are relaxed atomics (served by L2, no L1 invalidation each
+    try); after the wait one acquire read of the counter decides whether the barrier opened.
+    That read's value is used, so the compiler keeps it (an acquire whose result is dropped is
+    erased as dead), and it synchronizes with every release add it counts: the other splits'
+    writes before their arrival are visible to this CTA after the CTA barrier that follows.
+    A wait past its bound (``_waited_too_long``: programs that are not co-resident) raises the
+    abort flag, which every waiting program sees, so the launch ends instead of hanging and the
+    host falls back to the per-step driver.  With one split only the CTA barrier is needed.
     """
     tl.debug_barrier()
     ok = True
@@ -395,15 +418,19 @@ def tile_barrier(sync_ptr, pb, expected, cfg: tl.constexpr):
         arrived = tl.atomic_add(counter, 0, sem="relaxed", scope="gpu")
         aborted = tl.atomic_add(sync_ptr, 0, sem="relaxed", scope="gpu")
         spins = 0
-        while (arrived < expected) & (aborted == 0) & (spins < cfg.SPIN_LIMIT):
-            arrived = tl.atomic_add(counter, 0, sem="relaxed", scope="gpu")
-            aborted = tl.atomic_add(sync_ptr, 0, sem="relaxed", scope="gpu")
-            spins += 1
-        if arrived < expected:
+        start = 0
+        if not INTERPRETING:
+            start = _now_ns()
+        while (arrived < expected) & (aborted == 0):
+            if _waited_too_long(spins, start, cfg):
+                aborted = 1
+            else:
+                arrived = tl.atomic_add(counter, 0, sem="relaxed", scope="gpu")
+                aborted = tl.atomic_add(sync_ptr, 0, sem="relaxed", scope="gpu")
+                spins += 1
+        ok = tl.atomic_add(counter, 0, sem="acquire", scope="gpu") >= expected
+        if not ok:
             tl.atomic_xchg(sync_ptr, 1, sem="relaxed", scope="gpu")
-            ok = False
-        else:
-            tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
     return ok
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
+import threading
+import warnings
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 import torch
@@ -168,7 +171,8 @@ class Config(NamedTuple):
     STATS: int
     MOMENT_SLOTS: int
     SUM_SLOTS: int
-    SPIN_LIMIT: int
+    SPIN_LIMIT: int            # a tile barrier's bound: polls under the interpreter,
+    WAIT_NS: int               # nanoseconds on a GPU (``common.tile_barrier``)
     PERSISTENT: bool
     PHASE: int
     FIRST_PHASE: int
@@ -263,8 +267,12 @@ def choose_tiling(batch: int, hidden: int, elem_bytes: int, sm_count: Optional[i
 
 
 _tiling_override: dict = {}
-SPIN_LIMIT = 1 << 22     # polls (~1 µs each) before a tile barrier gives up: seconds
-_spin_limit = [SPIN_LIMIT]
+# How long a tile barrier waits before it gives up (its programs are then not all resident):
+# on a GPU by the clock, under the interpreter (no clock) in polls.  Either is far beyond any
+# real wait, which lasts a step's work (microseconds).
+WAIT_NS = 2_000_000_000
+SPIN_LIMIT = 1 << 22
+_spin_limit = [SPIN_LIMIT, WAIT_NS]
 
 
 @contextlib.contextmanager
@@ -280,12 +288,12 @@ def forced_tiling(**fields):
 
 @contextlib.contextmanager
 def barrier_spin_limit(polls: int):
-    """Tests: tile barriers give up after ``polls`` polls."""
-    _spin_limit[0] = polls
+    """Tests: tile barriers give up after ``polls`` polls (interpreter) or ``polls`` µs (GPU)."""
+    _spin_limit[:] = [polls, polls * 1000]
     try:
         yield
     finally:
-        _spin_limit[0] = SPIN_LIMIT
+        _spin_limit[:] = [SPIN_LIMIT, WAIT_NS]
 
 
 _sm_count_override: List[Optional[int]] = []
@@ -361,7 +369,8 @@ def _config(tiling: Tiling, dims: Dims, options: Options, rates: Rates, dtype, d
         KIND_ZONEOUT_HIDDEN=options.kind_zoneout_hidden, KIND_CANDIDATE=options.kind_candidate,
         STATS=(2 * groups + 2 * cell_norm) if options.layer_norm else 0,
         MOMENT_SLOTS=3 * groups, SUM_SLOTS=2 * cell_norm + groups * (2 + 4 * cell_norm),
-        SPIN_LIMIT=_spin_limit[0], PERSISTENT=tiling.persistent, PHASE=phase,
+        SPIN_LIMIT=_spin_limit[0], WAIT_NS=_spin_limit[1], PERSISTENT=tiling.persistent,
+        PHASE=phase,
         FIRST_PHASE=(recurrence.PHASE_NORM.value if options.layer_norm
                      else recurrence.PHASE_CELL.value))
 
@@ -400,17 +409,150 @@ def _launch(kernel, grid, args, **kwargs) -> None:
     kernel[grid](*args, **constexpr_options(kwargs))
 
 
-def _check_not_aborted(sync: torch.Tensor, kind: str) -> None:
-    """Raises when a persistent launch's tile barrier gave up (its programs were not all
-    resident).  Reads the flag from the device, except while a CUDA graph is being captured."""
-    if _recordings or (sync.is_cuda and torch.cuda.is_current_stream_capturing()):
+# ------------------------------------------------------------------- barrier aborts, fallback
+#
+# A persistent launch with several column splits ends early, its results incomplete, when a
+# tile barrier gives up (its programs were not all resident: another kernel holding SMs, MPS
+# limits, a debugger).  The host learns of it without waiting for the launch: the abort flag is
+# copied to pinned host memory behind the kernel, and the copy's event is queried (never waited
+# on) when the launch returns and again before every later launch.  An abort found then
+#   * reruns the call on the per-step driver (no barriers), in stream order into the same
+#     outputs: every reader queued after that point gets the right values;
+#   * warns once per configuration, naming the shape (and, when the flag was read after the
+#     launch returned, that work queued in between read the incomplete results);
+#   * makes every later call of that configuration take the per-step driver.
+# ``check_barriers(wait=True)`` waits for every pending flag; FASTRNN_TRITON_BARRIER_CHECK=sync
+# does that after each persistent launch (a host synchronization per launch, for certainty).
+# Under CUDA graph capture nothing is copied (no host allocation or event goes into a graph):
+# the flag stays in the graph's workspace, read by ``check_barriers(wait=True)`` after replays;
+# a replay that aborted cannot be rerun, so it is reported and its configuration goes per-step.
+
+@dataclasses.dataclass(eq=False)   # found in the lists by identity (its fields hold tensors)
+class _Watch:
+    key: tuple                  # the configuration: (device, pass, B, H, dtype)
+    shape: str                  # what the warning names
+    flag: torch.Tensor          # the abort flag: a host copy (CUDA) or the workspace (CPU)
+    event: Any                  # recorded behind the copy (None: nothing to wait for)
+    rerun: Optional[Callable[[], None]]   # None: a captured graph's launch
+    stream: Any
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+
+_watch_lock = threading.Lock()
+_pending: List[_Watch] = []
+_captured: List[_Watch] = []
+_per_step: set = set()          # configurations whose persistent launch aborted
+_warned: set = set()
+
+
+def _configuration(device, kernel_pass: str, dims: Dims, dtype) -> tuple:
+    return (str(device), kernel_pass, dims.B, dims.H, dtype)
+
+
+def falls_back(device, kernel_pass: str, dims: Dims, dtype) -> bool:
+    """Whether this configuration runs the per-step driver because its persistent launch
+    aborted earlier in this process."""
+    return _configuration(device, kernel_pass, dims, dtype) in _per_step
+
+
+def _report(watch: _Watch, late: bool) -> None:
+    with _watch_lock:
+        first = watch.key not in _warned
+        _warned.add(watch.key)
+        _per_step.add(watch.key)
+    if watch.rerun is not None:
+        if watch.stream is not None:
+            with torch.cuda.stream(watch.stream):
+                watch.rerun()
+        else:
+            watch.rerun()
+    if first:
+        if watch.rerun is None:
+            what = ("in a CUDA graph replay, whose results are incomplete: capture the graph "
+                    "again, ")
+        elif late:
+            what = ("and was rerun on the per-step driver; work queued between that call and "
+                    "this check read its incomplete results, ")
+        else:
+            what = "and was rerun on the per-step driver; "
+        warnings.warn(
+            f"fastrnn: the persistent Triton {watch.shape} stopped at a grid barrier (its "
+            f"programs were not all resident on the GPU at once: another kernel holding SMs, "
+            f"MPS limits, a debugger) {what}this configuration runs the per-step driver from "
+            "now on in this process (FASTRNN_TRITON_PERSISTENT=0 makes every call do so).",
+            RuntimeWarning, stacklevel=4)
+
+
+def check_barriers(wait: bool = False) -> None:
+    """Resolves the abort flags of earlier persistent launches: those whose copy has arrived,
+    or with ``wait`` all of them and those of captured CUDA graphs (a host synchronization).
+    An abort reruns its call on the per-step driver and warns; see the comment above.
+
+    Example::
+
+        >>> out, (h, c) = model(x)          # layers on the Triton backend
+        >>> fastrnn.kernels.launch.check_barriers(wait=True)   # e.g. once per epoch
+    """
+    with _watch_lock:
+        captured = list(_captured) if wait else []
+        pending = list(_pending)
+    for watch in captured:   # reading a device flag synchronizes: only when asked to wait
+        if int(watch.flag[0]):
+            with _watch_lock:
+                if watch in _captured:
+                    _captured.remove(watch)
+            _report(watch, late=True)
+    for watch in pending:
+        if not (wait or watch.ready()):
+            continue
+        with _watch_lock:
+            if watch not in _pending:
+                continue
+            _pending.remove(watch)
+        if not watch.ready():
+            watch.event.synchronize()
+        if int(watch.flag[0]):
+            _report(watch, late=True)
+
+
+def _watch(sync: torch.Tensor, key: tuple, shape: str, rerun: Callable[[], None]) -> None:
+    """Follows a persistent launch's abort flag (no host synchronization on CUDA)."""
+    if not sync.is_cuda:   # the interpreter: the launch has run
+        if int(sync[0]):
+            _report(_Watch(key, shape, sync, None, rerun, None), late=False)
         return
-    if int(sync[0]):
-        raise RuntimeError(
-            f"fastrnn: the persistent Triton {kind} kernel stopped: a barrier between its "
-            "column splits waited past its bound, so its programs were not all resident on the "
-            "GPU at once (another kernel holding SMs, MPS limits, a debugger). Run the per-step "
-            "driver instead: set FASTRNN_TRITON_PERSISTENT=0 before the call.")
+    if torch.cuda.is_current_stream_capturing():
+        # Nothing that allocates host memory or records events is queued into a graph: the
+        # workspace itself is kept (the graph's pool keeps it alive) and read on request.
+        with _watch_lock:
+            _captured.append(_Watch(key, shape, sync, None, None, None))
+        return
+    flag = torch.empty(1, dtype=sync.dtype, pin_memory=True)
+    flag.copy_(sync[:1], non_blocking=True)
+    stream = torch.cuda.current_stream(sync.device)
+    event = torch.cuda.Event()
+    event.record(stream)
+    watch = _Watch(key, shape, flag, event, rerun, stream)
+    if os.environ.get("FASTRNN_TRITON_BARRIER_CHECK") == "sync":
+        event.synchronize()
+    if watch.ready():      # done before the call returns: nothing has read its results yet
+        if int(flag[0]):
+            _report(watch, late=False)
+        return
+    with _watch_lock:
+        _pending.append(watch)
+
+
+def _watched(plan, io, dims: Dims, options: Options, kernel_pass: str, sync: torch.Tensor,
+             rerun: Callable[[], None]) -> None:
+    """Follows the abort flag of a launch whose programs meet at tile barriers."""
+    if _recordings or not (plan.tiling.persistent and plan.cfg.SPLITS > 1):
+        return
+    dtype = str(io.w_hh.dtype).replace("torch.", "")
+    shape = f"{options.cell} {kernel_pass} kernel at B={dims.B} H={dims.H} T={dims.T} {dtype}"
+    _watch(sync, _configuration(sync.device, kernel_pass, dims, io.w_hh.dtype), shape, rerun)
 
 
 def _float_workspace(*shape, device) -> torch.Tensor:
@@ -419,8 +561,10 @@ def _float_workspace(*shape, device) -> torch.Tensor:
 
 def _kernel_options(tiling: Tiling, splits: int) -> dict:
     """num_stages=1: the dot operands are staged in shared memory, and software pipelining would
-    keep copies of each beside the hoisted weight."""
-    options = dict(num_warps=tiling.num_warps, num_stages=1)
+    keep copies of each beside the hoisted weight.  FMA contraction is asked for by name: the
+    default comes from the environment and is to change in Triton 3.10, and the kernels' numerics
+    should not."""
+    options = dict(num_warps=tiling.num_warps, num_stages=1, enable_fp_fusion=True)
     if tiling.persistent and splits > 1:
         # Its programs spin at tile barriers: a cooperative launch makes CUDA guarantee that
         # they are all resident, or refuse the launch (too large a grid) instead of hanging.
@@ -446,14 +590,17 @@ class _Plan(NamedTuple):
         return torch.zeros(1 + self.tiles, dtype=torch.int32, device=device)
 
 
+def _kernel_pass(options: Options, backward: bool) -> str:
+    if backward:
+        return "backward"
+    return "exchange forward" if _cell_norm(options) else "forward"
+
+
 def _plan(dims: Dims, options: Options, rates: Rates, dtype, device, persistent: bool,
           backward: bool) -> _Plan:
-    if backward:
-        kernel_pass = "backward"
-    else:
-        kernel_pass = "exchange forward" if _cell_norm(options) else "forward"
+    kernel_pass = _kernel_pass(options, backward)
     tiling = tiling_for(dims.B, dims.H, dtype, device, kernel_pass)
-    if not persistent:
+    if not persistent or falls_back(device, kernel_pass, dims, dtype):
         tiling = dataclasses.replace(tiling, persistent=False)
     cfg = _config(tiling, dims, options, rates, dtype, device)
     tiles = tiling.batch_tiles(dims.B)
@@ -467,6 +614,7 @@ def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = Tr
     hidden = io.w_hh.shape[1]
     dims = Dims(steps, batch, hidden)
     device, dtype = io.gx.device, io.gx.dtype
+    check_barriers()
     plan = _plan(dims, options, rates, dtype, device, persistent, backward=False)
     cfg = plan.cfg
     work = _Work(
@@ -480,7 +628,8 @@ def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = Tr
                 if io.rmask is not None and not cfg.MERGED else None))
     if plan.tiling.persistent:
         plan.launch(recurrence.forward_persistent, (io, work, dims, rates))
-        _check_not_aborted(work.sync, "forward")
+        _watched(plan, io, dims, options, _kernel_pass(options, False), work.sync,
+                 lambda: forward(io, rates, options, persistent=False))
         return
     phases = ((recurrence.PHASE_NORM, recurrence.PHASE_CELL) if cfg.LAYER_NORM
               else (recurrence.PHASE_CELL,))
@@ -501,6 +650,7 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
     steps, batch, hidden = io.out.shape
     dims = Dims(steps, batch, hidden)
     device, dtype = io.out.device, io.out.dtype
+    check_barriers()
     plan = _plan(dims, options, rates, dtype, device, persistent, backward=True)
     cfg, tiling = plan.cfg, plan.tiling
     work = _Work(
@@ -512,11 +662,14 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
     param_grads = _float_workspace(plan.tiles,
                                    2 * options.gates * hidden + 2 * hidden * cfg.CELL_NORM,
                                    device=device)
+    given = io
     io = io._replace(param_grads=param_grads)
     if tiling.persistent:
         plan.launch(recurrence.backward_persistent, (io, work, dims, rates))
-        _check_not_aborted(work.sync, "backward")
-        return param_grads.sum(0)
+        summed = param_grads.sum(0)
+        _watched(plan, io, dims, options, "backward", work.sync,
+                 lambda: summed.copy_(backward(given, rates, options, persistent=False)))
+        return summed
     order = list(range(steps)) if options.reverse else list(range(steps - 1, -1, -1))
     first = (order[0] + 1) % 2
     work.carries[0, first].copy_(io.grad_h_n)

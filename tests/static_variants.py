@@ -9,10 +9,13 @@ bench.barrier's kernel, is then compiled with the JIT's binder for GPUTarget("cu
 
     python tests/static_variants.py [--shard I/N]   # one JSON line per distinct kernel
     python tests/static_variants.py --count         # the number of variants
+    python tests/static_variants.py --cache-keys    # per variant: does the static compile fill
+                                                    # the cache entry the JIT launch looks up?
 
 Run by tests/test_static.py (shards in parallel, TRITON_INTERPRET unset).
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -56,7 +59,7 @@ def variants():
                 found.append((f"{run_label} {static._kernel_name(kernel)}", kernel, args, kwargs))
     # bench.barrier's kernel: the tile barrier alone, at the most programs it measures.
     sync = torch.zeros(2, dtype=torch.int32)
-    config = barrier.BarrierConfig(max(barrier.PROGRAMS), barrier.SPIN_LIMIT)
+    config = barrier.BarrierConfig(max(barrier.PROGRAMS), launch.SPIN_LIMIT, launch.WAIT_NS)
     found.append(("bench.barrier", barrier._barriers, (sync, barrier.LONG),
                   dict(cfg=config, num_warps=4)))
     return found
@@ -70,11 +73,74 @@ def _flat(args):
             yield value
 
 
+class _Sm90Driver:
+    """What the JIT's launch path asks of Triton's active driver, for an sm_90 GPU that this
+    machine does not have."""
+    def get_current_device(self):
+        return "sm_90 without a device"
+
+    def get_current_stream(self, device):
+        return 0
+
+    def get_current_target(self):
+        return static.TARGET
+
+
+class _Key(Exception):
+    pass
+
+
+def jit_cache_key(kernel, grid, args, kwargs) -> str:
+    """The Triton cache key that ``launch._launch`` of these arguments makes the JIT look up on
+    an sm_90 GPU: the real launch path, stopped where it would compile."""
+    import triton
+    import triton.compiler
+    from triton.runtime.driver import driver
+
+    def compile_stand_in(src, target=None, options=None, _env_vars=None):
+        assert target == static.TARGET, target
+        raise _Key(static.cache_key(src, options))
+
+    real_compile, active = triton.compiler.compile, driver._active
+    triton.compiler.compile = compile_stand_in
+    driver.set_active(_Sm90Driver())
+    try:
+        launch._launch(kernel, grid, args, **kwargs)
+    except _Key as key:
+        return str(key)
+    finally:
+        triton.compiler.compile = real_compile
+        driver.set_active(active)
+        kernel.device_caches.pop(_Sm90Driver().get_current_device(), None)
+    raise AssertionError("the launch path did not compile")
+
+
+def cache_keys():
+    """One JSON line with the environment variables in Triton's cache key, then one per variant:
+    the key of its static compile and the key its JIT launch looks up (hashed)."""
+    from triton._C.libtriton import get_cache_invalidating_env_vars
+    print(json.dumps({"env_vars": get_cache_invalidating_env_vars()}), flush=True)
+    for label, kernel, launch_args, kwargs in variants():
+        grid = (1, kwargs["cfg"].SPLITS)
+
+        def digest(key):
+            return hashlib.sha256(key.encode()).hexdigest()[:16]
+        static_key = static.cache_key(*static.launch_source(kernel, launch_args, kwargs))
+        print(json.dumps({"variant": label, "static": digest(static_key),
+                          "jit": digest(jit_cache_key(kernel, grid, launch_args, kwargs))}),
+              flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th variant from I")
     parser.add_argument("--count", action="store_true", help="print the number of variants")
+    parser.add_argument("--cache-keys", action="store_true",
+                        help="print each variant's static and JIT cache keys (no compiling)")
     args = parser.parse_args()
+    if args.cache_keys:
+        cache_keys()
+        return 0
     index, shards = map(int, args.shard.split("/"))
     found = variants()
     if args.count:

@@ -8,6 +8,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -409,3 +410,37 @@ def test_same_day_runs_merge_and_other_days_do_not(tmp_path):
     paths = report.write(second, str(tmp_path), fresh=True)
     assert len(json.load(open(paths["json"]))["rows"]) == 1
     assert os.path.basename(paths["json"]) == "nvidia-h100-80gb-hbm3-2026-01-02.json"
+
+
+class _Killed(BaseException):
+    """A time limit's kill, as far as the run can tell: nothing after it runs."""
+
+
+def test_a_run_killed_midway_keeps_the_rows_it_finished(tmp_path, monkeypatch):
+    measure = ReferenceEager.measure
+    calls = []
+
+    def killed_at_the_second(self, *args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise _Killed
+        return measure(self, *args)
+
+    monkeypatch.setattr(ReferenceEager, "measure", killed_at_the_second)
+    with pytest.raises(_Killed):
+        run.main(TINY + ["--out-dir", str(tmp_path), "--device", "cpu"])
+    files = sorted(os.listdir(tmp_path))
+    assert [os.path.splitext(f)[1] for f in files] == [".json", ".md"]   # the plot comes last
+    with open(tmp_path / files[0]) as f:
+        document = json.load(f)
+    rows_before = len(document["rows"])
+    assert rows_before >= 1 and not document["failed"]
+    assert re.fullmatch(rf"{rows_before} of \d+ rows written", document["runs"][-1]["unfinished"])
+    assert "| reference-eager |" in (tmp_path / files[1]).read_text()
+
+    monkeypatch.setattr(ReferenceEager, "measure", measure)
+    assert run.main(TINY + ["--out-dir", str(tmp_path), "--device", "cpu"]) == 0
+    with open(tmp_path / files[0]) as f:
+        document = json.load(f)
+    assert "unfinished" in document["runs"][0] and "unfinished" not in document["runs"][-1]
+    assert len(document["runs"]) == 2 and len(document["rows"]) > rows_before

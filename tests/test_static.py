@@ -3,7 +3,9 @@ compiles and fits an SM, and at the benchmark's static shapes every kernel meets
 that make a persistent recurrence fast — no spills (but the KNOWN_SPILLS of a Triton version),
 every program resident, as many SMs busy as the shape allows, W_hh kept on chip, at most two
 grid barriers a step (one without layer norm) — except at B=256 H=1024, too large a grid to be
-resident, which runs the per-step driver.
+resident, which runs the per-step driver.  Every grid barrier has an acquire after its wait
+(an acquire whose result is unused is compiled away), and a static compile fills exactly the
+Triton cache entry the same launch looks up on a GPU (how scripts/gpu_check.sh prewarms).
 
 The compilations run in subprocesses with TRITON_INTERPRET unset (tests/static_variants.py and
 ``python -m bench.static``); the facts are read from the compiler's own output.
@@ -106,3 +108,33 @@ def test_grid_barriers_per_step(static_set):
             assert 1 <= row["barriers_per_step"] <= most, (_label(row), row["barriers_per_step"])
         else:
             assert row["barriers_per_step"] == 0, _label(row)
+
+
+def test_every_grid_barrier_waits_with_an_acquire(static_set, variants):
+    """A relaxed poll then a CTA barrier does not order the other splits' writes before this
+    CTA's reads under the PTX memory model: each barrier's release add needs an acquire."""
+    rows = static_set + [row for row in variants if "error" not in row]
+    with_barriers = [row for row in rows if row["barriers_per_step"]]
+    assert with_barriers
+    missing = [(row.get("variant") or _label(row), row["barriers_per_step"], row["acquire_ops"])
+               for row in with_barriers if row["acquire_ops"] < row["barriers_per_step"]]
+    assert not missing, missing
+    assert all(row["release_ops"] >= row["barriers_per_step"] for row in with_barriers)
+
+
+def test_a_static_compile_fills_the_cache_entry_its_launch_looks_up():
+    """The environment variables in Triton's cache key are those of a process that did not
+    import bench.static, and per variant the static compile's key equals the key of the JIT's
+    own launch path (run up to its compile with a stand-in sm_90 driver)."""
+    run = subprocess.run([sys.executable, str(VARIANTS), "--cache-keys"], capture_output=True,
+                         text=True, env=_environment(), timeout=900)
+    assert run.returncode == 0, run.stderr[-4000:]
+    first, *rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    plain = subprocess.run(
+        [sys.executable, "-c", "import json; from triton._C.libtriton import "
+         "get_cache_invalidating_env_vars as g; print(json.dumps(g()))"],
+        capture_output=True, text=True, env=_environment(), check=True)
+    assert first["env_vars"] == json.loads(plain.stdout)
+    assert len(rows) > 100
+    differ = [row["variant"] for row in rows if row["static"] != row["jit"]]
+    assert not differ, differ[:5]

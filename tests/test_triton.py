@@ -19,7 +19,7 @@ from fastrnn import masks as M  # noqa: E402
 from fastrnn import ops  # noqa: E402
 from fastrnn.backends.fused import poisoned_outputs  # noqa: E402
 from fastrnn.kernels.launch import (  # noqa: E402
-    PASSES, barrier_spin_limit, choose_tiling, forced_tiling, tiling_for)
+    PASSES, choose_tiling, forced_tiling, tiling_for)
 from support import (  # noqa: E402
     HALF_PRECISION, OPTIONS, REGULARIZED, TILINGS, case, cases, cast, check_against_reference,
     make_call, make_inputs, tiling_case)
@@ -75,18 +75,6 @@ def test_interpreter_refuses_a_persistent_kernel_with_several_splits():
     """Its programs run one after another: the tile barrier would never open."""
     with forced_tiling(block_u=16, persistent=True), pytest.raises(ValueError, match="deadlock"):
         tiling_for(4, 24, torch.float32, torch.device("cpu"))
-
-
-@needs_interpreter
-@pytest.mark.parametrize("cell", CELLS)
-def test_a_barrier_that_waits_too_long_stops_the_launch(cell):
-    """Programs that are not all resident would spin forever: a bounded wait raises instead
-    (forced here by running a multi-split persistent kernel under the interpreter)."""
-    c = case(cell, "layer_norm", hidden=24)
-    t = cast(make_inputs(c), torch.float32, "cpu")
-    with forced_tiling(block_u=16, persistent=True), barrier_spin_limit(20), \
-            pytest.raises(RuntimeError, match="not all resident.*FASTRNN_TRITON_PERSISTENT=0"):
-        ops.forward(make_call(c, t), "triton")
 
 
 def _run_op(c, dtype=torch.float32, device="cpu"):

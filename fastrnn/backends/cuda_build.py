@@ -14,11 +14,13 @@ This module imports nothing but the standard library at load time: setup.py and
 """
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 JIT_NAME = "fastrnn_C"
 # What the compiler is given (the .cu kernels and the .cpp pybind11 binding) and what they
@@ -73,6 +75,71 @@ def sources(root: Optional[Path] = None) -> List[str]:
     return [] if root is None else _compiled_sources(root)
 
 
+# ------------------------------------------------------------------------------- CUDA_HOME
+
+def _is_toolkit(root: Path) -> bool:
+    """``root`` has nvcc and the runtime library the extension links (-lcudart)."""
+    libraries = [root / "lib64" / "libcudart.so", root / "lib" / "libcudart.so"]
+    libraries += [Path(p) for p in glob.glob(str(root / "targets" / "*" / "lib" / "libcudart.so"))]
+    return (root / "bin" / "nvcc").is_file() and any(p.is_file() for p in libraries)
+
+
+def _newest_first(pattern: str) -> List[Path]:
+    """Directories matching ``pattern``, the highest version first (by number: cuda-12.10
+    before cuda-12.8)."""
+    def version(path: str):
+        digits = "".join(c if c.isdigit() else " " for c in os.path.basename(path)).split()
+        return [int(d) for d in digits]
+    return [Path(p) for p in sorted(glob.glob(pattern), key=version, reverse=True)]
+
+
+def cuda_home_candidates(nvcc: Optional[str] = None, roots: Iterable[str] = ("/usr/local", "/opt"),
+                         site_dirs: Optional[Iterable[str]] = None) -> List[Path]:
+    """Where a CUDA toolkit may be, in the order looked at: beside the ``nvcc`` on PATH (its path
+    and, if that is a link, its real path), ``<root>/cuda`` and ``<root>/cuda-*`` (newest first),
+    then the toolkit directories of NVIDIA's pip packages in ``site_dirs`` (default sys.path)."""
+    candidates = []
+    if nvcc:
+        for path in (Path(nvcc), Path(os.path.realpath(nvcc))):
+            candidates.append(path.parent.parent)
+    for root in roots:
+        candidates.append(Path(root) / "cuda")
+        candidates += _newest_first(os.path.join(root, "cuda-*"))
+    for site in sys.path if site_dirs is None else site_dirs:
+        candidates += _newest_first(os.path.join(site, "nvidia", "cu*"))
+    return list(dict.fromkeys(candidates))
+
+
+def find_cuda_home(environ=os.environ, nvcc: Optional[str] = None, **where) -> Optional[str]:
+    """The CUDA toolkit to build with: $CUDA_HOME (or $CUDA_PATH) when set, else the first of
+    ``cuda_home_candidates`` that has both nvcc and libcudart.so, else None.
+
+    torch's own guess takes the directory above the ``nvcc`` on PATH; where that nvcc is a
+    wrapper script (/usr/local/bin/nvcc) the guess is /usr/local, which has no libcudart.so,
+    and the extension's link fails with ``cannot find -lcudart``."""
+    for name in ("CUDA_HOME", "CUDA_PATH"):
+        if environ.get(name):
+            return environ[name]
+    nvcc = nvcc if nvcc is not None else shutil.which("nvcc", path=environ.get("PATH"))
+    for candidate in cuda_home_candidates(nvcc, **where):
+        if _is_toolkit(candidate):
+            return str(candidate)
+    return None
+
+
+def use_cuda_home(**where) -> Optional[str]:
+    """Points torch's extension builder at ``find_cuda_home(**where)`` when CUDA_HOME is not set
+    (in the environment for torch imported later, and in torch.utils.cpp_extension if it
+    already guessed).  Returns the toolkit used, or None."""
+    home = find_cuda_home(**where)
+    if home is not None and not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        os.environ["CUDA_HOME"] = home
+        cpp_extension = sys.modules.get("torch.utils.cpp_extension")
+        if cpp_extension is not None:
+            cpp_extension.CUDA_HOME = home
+    return home
+
+
 def installed_extension_present() -> bool:
     """Whether ``fastrnn._C`` was built by setup.py (found without importing it)."""
     return importlib.util.find_spec("fastrnn._C") is not None
@@ -90,6 +157,7 @@ def torch_without_cuda() -> Optional[str]:
 
 def jit_unavailable() -> Optional[str]:
     """Why a JIT build cannot be attempted here, or None.  Cheap: compiles nothing."""
+    use_cuda_home()
     from torch.utils import cpp_extension
 
     reason = torch_without_cuda()
@@ -111,6 +179,7 @@ def load_extension():
     """The extension module: the installed ``fastrnn._C``, or else a JIT build of the sources."""
     if installed_extension_present():
         return importlib.import_module("fastrnn._C")
+    use_cuda_home()
     from torch.utils import cpp_extension
 
     root = source_dir()

@@ -9,7 +9,8 @@ every step, the d W_hh product over every step (both in the input dtype) and the
 parameter gradients.
 
 ``FASTRNN_TRITON_PERSISTENT=0`` makes every call use the per-step driver (one launch per phase
-per step) instead of the persistent kernels.
+per step) instead of the persistent kernels; a persistent launch whose grid barrier gives up is
+rerun on the per-step driver by ``fastrnn.kernels.launch`` (docs/api.md).
 """
 from __future__ import annotations
 
