@@ -110,25 +110,36 @@ def sample(model: CharLM, vocab: Vocabulary, prompt: str, length: int, device) -
 
 
 def parse_args(argv: Optional[List[str]]):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("text", nargs="?", default=default_text_path(),
-                        help="text file to model (default: the source of argparse)")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--embedding-size", type=int, default=32)
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--num-layers", type=int, default=1)
-    parser.add_argument("--zoneout", type=float, default=0.1)
-    parser.add_argument("--recurrent-dropout", type=float, default=0.1)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--clip", type=float, default=1.0)
+                        help="text file to model (the default is the source of Python's "
+                        "argparse module)")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the text")
+    parser.add_argument("--seq-len", type=int, default=64,
+                        help="time steps per window of truncated backpropagation through time")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="contiguous streams of the text read in parallel")
+    parser.add_argument("--embedding-size", type=int, default=32,
+                        help="size of the character embedding (the LSTM's input size)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="LSTM hidden size")
+    parser.add_argument("--num-layers", type=int, default=1, help="stacked LSTM layers")
+    parser.add_argument("--zoneout", type=float, default=0.1,
+                        help="zoneout probability of the cell and the hidden state")
+    parser.add_argument("--recurrent-dropout", type=float, default=0.1,
+                        help="dropout probability of the h that W_hh reads")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--clip", type=float, default=1.0,
+                        help="gradient norm clipped to this value")
     parser.add_argument("--max-chars", type=int, default=60_000,
                         help="train on the first N characters (keeps a CPU epoch short)")
-    parser.add_argument("--sample-length", type=int, default=200)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backend", default="auto", choices=fastrnn.backends.CHOICES)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-length", type=int, default=200,
+                        help="characters to sample after training (0: none)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to train (the default is cuda when there is a GPU)")
+    parser.add_argument("--backend", default="auto", choices=fastrnn.backends.CHOICES,
+                        help="fastrnn backend of the LSTM (docs/api.md, \"Backends\")")
+    parser.add_argument("--seed", type=int, default=0, help="torch.manual_seed of the run")
     return parser.parse_args(argv)
 
 

@@ -49,6 +49,24 @@ def _resolve_backend(name: str, device: torch.device, dtype: torch.dtype, cell: 
         compiling_for_grad=compiling_for_grad))
 
 
+@torch.compiler.assume_constant_result
+def _onnx_exporting() -> bool:
+    """torch.onnx.is_in_onnx_export(), read in Python even where dynamo traces the caller (the
+    exporter's strict fallback), which would fold the call itself to False."""
+    return torch.onnx.is_in_onnx_export()
+
+
+def onnx_training_error(cell: str) -> ValueError:
+    """Why a training-mode call with regularizers does not export to ONNX, and what to do."""
+    return ValueError(
+        f"fastrnn: ONNX export of {cell} in training mode with its regularizers on (zoneout, "
+        "recurrent or candidate dropout, dropconnect): in training they draw new random masks "
+        "on every call, which no exported graph reproduces, and ONNX export translates the "
+        "eval-mode expectation instead (zoneout as p·s_{t-1} + (1-p)·s~_t, the dropouts as the "
+        "identity). Call model.eval() (training=False in fastrnn.functional) before "
+        "torch.onnx.export")
+
+
 def without_padding(x: Tensor, lengths: Tensor) -> Tensor:
     """x [T, B, I] with zeros at the padded steps t >= lengths[b] (a new tensor).
 
@@ -82,6 +100,11 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     stochastic = (recurrent_dropout > 0 or dropconnect > 0
                   or any(p > 0 for p in step_probabilities.values()))
     active = training and stochastic
+    # Refused here, while the exporter traces the model: the ONNX translation's own refusal
+    # comes only after tracing, inside a generic ConversionError, and never sees dropconnect
+    # (applied to W_hh below, before the op), whose random mask would be exported as is.
+    if active and _onnx_exporting():
+        raise onnx_training_error(cell.name)
     seed = (M.draw_seed(x.device) if active
             else torch.zeros((), dtype=torch.int64, device=x.device))
     recurrent_mask = dropconnect_mask = None

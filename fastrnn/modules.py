@@ -74,6 +74,32 @@ _NOT_SCRIPTABLE = (
     "on the model in eval mode.")
 
 
+# What from_torch reads off the torch module: its weights' shapes, its layout and where they live
+# are fixed by it, so none of these can also be a fastrnn option of the conversion.
+_FROM_TORCH_MODULE = ("input_size", "hidden_size", "num_layers", "bias", "batch_first",
+                      "dropout", "bidirectional", "proj_size", "device", "dtype")
+
+
+def _from_torch_fixes(cls_name: str, module: nn.RNNBase, name: str, given) -> str:
+    """The error for an option ``name`` that ``from_torch`` takes from ``module`` instead."""
+    weight = module.weight_ih_l0
+    has = {"device": weight.device, "dtype": weight.dtype}.get(name, getattr(module, name, None))
+    if given == has:
+        remedy = "leave it out, the converted module has it already"
+    elif name == "proj_size":
+        # A projection changes the shapes of weight_hh (and adds weight_hr): torch's weights of
+        # another proj_size cannot be loaded, so the fix is on the torch side or without it.
+        remedy = (f"build the torch module with it (torch.nn.LSTM(..., proj_size={given!r}))"
+                  f" and convert that, or build fastrnn.{cls_name}(..., proj_size={given!r})"
+                  " directly (fastrnn's init)")
+    elif name in ("device", "dtype"):
+        remedy = f"convert, then move the result with .to({name}=...)"
+    else:
+        remedy = f"build the torch module with {name}={given!r} and convert that"
+    return (f"{cls_name}.from_torch takes {name} from the torch module ({name}={has!r}), so it "
+            f"is not an option of the conversion (got {name}={given!r}): {remedy}")
+
+
 def _init_per_gate(weight: Tensor, gates: int, init: Callable[[Tensor], Tensor]) -> None:
     """``init`` on each gate block.  Half-precision weights are drawn in float32 and rounded:
     the orthogonal init's QR has no half-precision kernel, and the same draws as a float32
@@ -210,12 +236,17 @@ class _RecurrentBase(nn.Module):
         """A fastrnn module with ``module``'s sizes (proj_size included), layout, weights,
         device, dtype and training mode, plus the fastrnn ``options`` (layer_norm, zoneout, ...).
 
-        ``cls.from_torch(torch.nn.LSTM(...))`` is also how to get torch.nn's initialization."""
+        ``cls.from_torch(torch.nn.LSTM(...))`` is also how to get torch.nn's initialization.
+        What comes from ``module`` (proj_size, sizes, layout, device, dtype) is not an option:
+        passing it raises TypeError."""
         expected = nn.LSTM if cls.cell is cells.LSTM else nn.GRU
         if not isinstance(module, expected):
             raise TypeError(f"{cls.__name__}.from_torch needs a torch.nn.{expected.__name__}, "
                             f"got {type(module).__name__}")
         weight = module.weight_ih_l0
+        for name in _FROM_TORCH_MODULE:
+            if name in options and (name != "proj_size" or cls.cell is cells.LSTM):
+                raise TypeError(_from_torch_fixes(cls.__name__, module, name, options[name]))
         sizes = {"proj_size": module.proj_size} if module.proj_size else {}
         converted = cls(module.input_size, module.hidden_size, module.num_layers,
                         bias=module.bias, batch_first=module.batch_first,

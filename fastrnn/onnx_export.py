@@ -31,6 +31,7 @@ from onnxscript import opset18 as op
 from onnxscript.function_libs.torch_lib.registration import torch_op
 
 from .cells import CELLS, LAYER_NORM_EPS, LSTM, Cell
+from .functional import onnx_training_error
 
 _OPSET = 18
 _ATTRIBUTE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}  # -> a default
@@ -146,10 +147,9 @@ def _refuse_training(cell: Cell, arguments: Dict[str, object]) -> None:
     draws = (arguments["recurrent_mask"] is not None
              or any(arguments[field] > 0 for field in cell.step_masks))
     if arguments["training"] and draws:
-        raise ValueError(
-            f"fastrnn: ONNX export of {cell.name} in training mode with its regularizers on "
-            "(zoneout, recurrent or candidate dropout draw masks); call model.eval() before "
-            "torch.onnx.export")
+        # Reached only where fastrnn.functional's check did not run: an ExportedProgram that
+        # torch.export.export traced from a training-mode model, then given to the exporter.
+        raise onnx_training_error(cell.name)
 
 
 def _stats_or_empty(body_outputs, gx: ir.Value, width: int):

@@ -117,8 +117,10 @@ def _recurrent_product(h: Tensor, call, acc: torch.dtype):
     return call.ln_hh_weight * normalized, [mean, rstd]
 
 
-def _candidate_scale(hits: Optional[Tensor], p: float) -> Optional[Tensor]:
-    return None if hits is None else (~hits).to(torch.float32) / (1.0 - p)
+def _candidate_scale(hits: Optional[Tensor], p: float, acc: torch.dtype) -> Optional[Tensor]:
+    """δ_t in the gate-math dtype: 1/(1-p) rounded to float32 would cost a float64 call its
+    precision (docs/cells.md)."""
+    return None if hits is None else (~hits).to(acc) / (1.0 - p)
 
 
 def project_output(m: Tensor, call: LSTMCall, dtype: torch.dtype) -> Tensor:
@@ -142,9 +144,9 @@ def lstm_step(call: LSTMCall, gx_t: Tensor, h: Tensor, c: Tensor, masks: StepMas
         a = a + call.b_hh
     i, f, g, o = a.chunk(4, dim=-1)
     candidate = torch.tanh(g)
-    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout)
+    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout, acc)
     if scale is not None:
-        candidate = candidate * scale.to(acc)
+        candidate = candidate * scale
     c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * candidate
     y = c_new
     if call.ln_cell_weight is not None:
@@ -170,9 +172,9 @@ def gru_step(call: GRUCall, gx_t: Tensor, h: Tensor, masks: StepMasks):
     r, z = torch.sigmoid(a_r), torch.sigmoid(a_z)
     a_n = gx_n + r * hh_n
     n = torch.tanh(a_n)
-    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout)
+    scale = _candidate_scale(masks.candidate_dropout, call.candidate_dropout, acc)
     if scale is not None:
-        n = n * scale.to(acc)
+        n = n * scale
     h_prev = h.to(acc)
     h_new = (1.0 - z) * n + z * h_prev
     h_t = zoneout(h_prev, h_new, call.zoneout_hidden, masks.zoneout_hidden,
@@ -341,8 +343,8 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
         h_prev, c_prev = h_prevs[t], c_prevs[t]
         i, f, g, o = preact[t].to(acc).chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout)
-        candidate = g if scale is None else g * scale.to(acc)
+        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout, acc)
+        candidate = g if scale is None else g * scale
         c_new = f * c_prev + i * candidate
         d_h_total = dh + grad_out[t].to(acc)
         d_h_new, d_h_prev = zoneout_backward(d_h_total, call.zoneout_hidden,
@@ -369,7 +371,7 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
             d_c_new = d_c_new + d_y
         d_i = d_c_new * candidate * i * (1 - i)
         d_f = d_c_new * c_prev * f * (1 - f)
-        d_g = d_c_new * i * (1 - g * g) * (1.0 if scale is None else scale.to(acc))
+        d_g = d_c_new * i * (1 - g * g) * (1.0 if scale is None else scale)
         d_c_prev = d_c_prev + d_c_new * f
         d_a = torch.cat([d_i, d_f, d_g, d_o], dim=-1)
         if active is not None:
@@ -401,8 +403,8 @@ def gru_sequence_backward(call: GRUCall, saved: GRUSaved, grads, masks: MaskSour
         h_prev = h_prevs[t]
         a_r, a_z, a_n = preact[t].to(acc).chunk(3, dim=-1)
         r, z, tanh_n = torch.sigmoid(a_r), torch.sigmoid(a_z), torch.tanh(a_n)
-        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout)
-        scale = 1.0 if scale is None else scale.to(acc)
+        scale = _candidate_scale(step_masks.candidate_dropout, call.candidate_dropout, acc)
+        scale = 1.0 if scale is None else scale
         n = tanh_n * scale
         d_h_total = dh + grad_out[t].to(acc)
         d_h_new, d_h_prev = zoneout_backward(d_h_total, call.zoneout_hidden,

@@ -68,10 +68,19 @@ def choice(name: str, value, choices: Sequence) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
+def dense(name: str, value: Tensor) -> None:
+    """A strided tensor: sparse and mkldnn layouts have no strides, which every layer reads,
+    and would fail deep inside it with an error that names no argument."""
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}; "
+                        f"convert it with .to_dense()")
+
+
 def input_tensor(input: Tensor, input_size: int) -> None:
-    """Rank 2 (unbatched) or 3, floating point, last dimension input_size."""
+    """Dense, rank 2 (unbatched) or 3, floating point, last dimension input_size."""
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+    dense("input", input)
     if input.dim() not in (2, 3):
         raise ValueError(f"input must have 3 dimensions (or 2 unbatched), got shape "
                          f"{tuple(input.shape)} with {input.dim()}")
@@ -97,11 +106,12 @@ AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
           dtype: torch.dtype, autocasting: bool = False) -> None:
-    """An initial state: a tensor of ``shape`` with the input's device and dtype; under autocast
-    any dtype autocast casts (the call casts input and states to the autocast dtype), as
-    torch.nn accepts the bfloat16 states of a previous autocast call beside a float32 input."""
+    """An initial state: a dense tensor of ``shape`` with the input's device and dtype; under
+    autocast any dtype autocast casts (the call casts input and states to the autocast dtype),
+    as torch.nn accepts the bfloat16 states of a previous autocast call beside a float32 input."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be a Tensor of shape {shape}, got {type(value).__name__}")
+    dense(name, value)
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
     if value.device != device:
@@ -115,9 +125,10 @@ def state(name: str, value, shape: Tuple[int, ...], device: torch.device,
 
 
 def lengths(value, batch: int, steps: int, device: torch.device) -> Tensor:
-    """B integers in [1, T] (a sequence or an integer tensor on any device with values; on meta
-    only beside a meta input) -> int64 on ``device``."""
+    """B integers in [1, T] (a sequence or a dense integer tensor on any device with values; on
+    meta only beside a meta input) -> int64 on ``device``."""
     if isinstance(value, Tensor):
+        dense("lengths", value)
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise TypeError(f"lengths must be an integer tensor, got dtype {value.dtype}")
         if value.dim() != 1 or value.shape[0] != batch:

@@ -20,6 +20,9 @@ installation_state() {
     python - "$extras" <<'PY'
 import hashlib, importlib.metadata as metadata, os, pathlib, sys
 
+# `python -` puts the working directory, the checkout, first on sys.path, where a
+# fastrnn.egg-info left by `pip wheel .` would stand in for the installed distribution.
+sys.path = [entry for entry in sys.path if entry not in ("", os.getcwd())]
 digest = hashlib.sha256()
 csrc = sorted(p for p in pathlib.Path("csrc").iterdir() if p.is_file())
 for path in [pathlib.Path("pyproject.toml"), pathlib.Path("setup.py"), *csrc]:

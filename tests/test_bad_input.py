@@ -49,6 +49,26 @@ def test_integer_input():
         gru()(torch.ones(5, 2, 3, dtype=torch.int64))
 
 
+SPARSE_ARGUMENTS = {
+    "input": lambda make: ((x().to_sparse(),), {}),
+    "input_csr_unbatched": lambda make: ((x(5, 3).to_sparse_csr(),), {}),
+    "hx": lambda make: ((x(), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 4).to_sparse())
+                         if make is lstm else torch.zeros(2, 2, 4).to_sparse()), {}),
+    "lengths": lambda make: ((x(),), {"lengths": torch.tensor([5, 2]).to_sparse()}),
+}
+
+
+@pytest.mark.parametrize("make", [lstm, gru], ids=["lstm", "gru"])
+@pytest.mark.parametrize("argument", list(SPARSE_ARGUMENTS))
+def test_sparse_tensors(make, argument):
+    """Sparse layouts have no strides: refused by name, not deep inside a layer."""
+    args, kwargs = SPARSE_ARGUMENTS[argument](make)
+    name = {"hx": r"hx(\[1\] \(c_0\))?", "input_csr_unbatched": "input"}.get(argument, argument)
+    with pytest.raises(TypeError, match=rf"^{name} must be a dense \(strided\) tensor, got "
+                                        r"layout torch.sparse_(coo|csr).*to_dense"):
+        make()(*args, **kwargs)
+
+
 @pytest.mark.parametrize("make", [lstm, gru], ids=["lstm", "gru"])
 def test_hx_of_wrong_shape(make):
     module = make()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -32,3 +33,21 @@ def test_loss_decreases_on_a_tiny_text(char_lm, tmp_path, capsys):
 
 def test_default_text_exists(char_lm):
     assert pathlib.Path(char_lm.default_text_path()).stat().st_size > 10_000
+
+
+def test_help_describes_every_option_and_its_default(char_lm, capsys):
+    """--help: each argument (the positional text too) has a description and its default."""
+    with pytest.raises(SystemExit):
+        char_lm.parse_args(["--help"])
+    helps = {}  # invocation -> its help text: after two spaces or on the lines below, indented
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            invocation, *text = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+            helps[invocation] = " ".join(text)
+        elif line.startswith("   ") and helps:
+            helps[invocation] += " " + line.strip()
+    del helps["-h, --help"]
+    assert len(helps) == 16, helps
+    undescribed = [name for name, text in helps.items()
+                   if "(default: " not in text or not text.split("(default: ")[0].strip()]
+    assert not undescribed, helps

@@ -53,6 +53,29 @@ def test_from_torch_keeps_dtype_and_device(dtype):
     assert {p.device for p in converted.parameters()} == {reference.weight_ih_l0.device}
 
 
+@pytest.mark.parametrize("reference,option,remedy", [
+    (lambda: nn.LSTM(3, 6), dict(proj_size=2),
+     r"\(proj_size=0\), so it is not an option.*got proj_size=2\): build the torch module with it "
+     r"\(torch.nn.LSTM\(..., proj_size=2\)\).*or build fastrnn.LSTM\(..., proj_size=2\)"),
+    (lambda: nn.LSTM(3, 6, proj_size=2), dict(proj_size=2),
+     r"\(proj_size=2\).*got proj_size=2\): leave it out"),
+    (lambda: nn.LSTM(3, 6, proj_size=2), dict(proj_size=1),
+     r"\(proj_size=2\).*got proj_size=1\): build the torch module with it"),
+    (lambda: nn.GRU(3, 6), dict(batch_first=True),
+     r"\(batch_first=False\).*build the torch module with batch_first=True"),
+], ids=["proj_size_added", "proj_size_repeated", "proj_size_changed", "batch_first"])
+def test_from_torch_refuses_what_the_torch_module_fixes(reference, option, remedy):
+    """proj_size (the shapes of the weights), the layout, sizes, device and dtype come from the
+    torch module: passed again, the error names the argument and what to do instead of a
+    state_dict size mismatch or Python's 'multiple values for keyword argument'."""
+    module = reference()
+    cls = fastrnn.LSTM if isinstance(module, nn.LSTM) else fastrnn.GRU
+    name = next(iter(option))
+    with pytest.raises(TypeError, match=rf"^{cls.__name__}.from_torch takes {name} from the "
+                                        rf"torch module {remedy}"):
+        cls.from_torch(module, layer_norm=True, **option)
+
+
 @pytest.mark.gpu
 def test_from_torch_keeps_a_cuda_device():
     converted = fastrnn.LSTM.from_torch(nn.LSTM(3, 4, device="cuda"))

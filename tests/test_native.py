@@ -8,6 +8,7 @@ import typing
 import pytest
 import torch
 from torch.export import Dim
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
 from fastrnn import backends
@@ -59,6 +60,34 @@ def test_matches_the_reference(cell, lengths, dtype):
         assert max_rel_err(a, b) <= tolerance
     if lengths is not None:
         assert torch.all(got[0][1:, 3] == 0) and torch.all(got[0][2:, 1] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_cell_is_held_exactly_past_the_end_with_large_weights(dtype):
+    """With weights ×1e5 the other terms of the gate pre-activations reach ~1e5, beyond which a
+    hold column of ∓1e4 let c move past a sequence's end (c_n off by 1 to 4).  "auto" on CPU
+    (torch's kernel) with lengths against torch.nn on the PackedSequence, which never runs those
+    steps: outputs and gradients, both directions."""
+    torch.manual_seed(0)
+    theirs = torch.nn.LSTM(3, 6, bidirectional=True, dtype=dtype)
+    with torch.no_grad():
+        for parameter in theirs.parameters():
+            parameter.mul_(1e5)
+    ours = fastrnn.LSTM.from_torch(theirs)
+    x, lengths = torch.randn(7, 4, 3, dtype=dtype), torch.tensor([7, 2, 5, 1])
+    leaves = {module: [x.clone().requires_grad_(), *module.parameters()]
+              for module in (theirs, ours)}
+    out, (h_n, c_n) = theirs(pack_padded_sequence(leaves[theirs][0], lengths,
+                                                  enforce_sorted=False))
+    expected = [pad_packed_sequence(out, total_length=7)[0], h_n, c_n]
+    got = tensors_of(ours(leaves[ours][0], lengths=lengths))
+    expected_grads = torch.autograd.grad(weighted_sum(expected), leaves[theirs])
+    got_grads = torch.autograd.grad(weighted_sum(got), leaves[ours])
+    tolerance = 1e-12 if dtype == torch.float64 else 2e-6
+    for name, a, b in zip(("out", "h_n", "c_n"), got, expected):
+        assert max_rel_err(a, b) <= tolerance, name
+    for a, b in zip(got_grads, expected_grads):
+        assert max_rel_err(a, b) <= tolerance
 
 
 @pytest.mark.parametrize("cell", list(CLASSES))

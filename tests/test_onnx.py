@@ -4,6 +4,8 @@ argument (fastrnn/onnx_export.py registers the translations), then onnxruntime o
 eager float32 at other batch sizes and sequence lengths than the exported ones."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.export import Dim
@@ -122,8 +124,19 @@ def test_export_with_hx_as_an_input():
         torch.testing.assert_close(torch.from_numpy(a), b, rtol=TOLERANCE, atol=TOLERANCE)
 
 
-def test_training_mode_regularizers_are_refused():
-    model = fastrnn.GRU(4, 16, zoneout=0.3).train()
+@pytest.mark.parametrize("make", [lambda: fastrnn.GRU(4, 16, zoneout=0.3),
+                                  lambda: fastrnn.LSTM(4, 16, dropconnect=0.2)],
+                         ids=["gru_zoneout", "lstm_dropconnect"])
+def test_training_mode_regularizers_are_refused_before_translation(make):
+    """The forward refuses (torch.export, step 1 of the exporter, raises the ValueError itself)
+    instead of the translation failing inside a ConversionError; the message says why and
+    what to do."""
+    model = make().train()
     with pytest.raises(Exception) as error:
         torch.onnx.export(model, (torch.randn(5, 2, 4),), dynamo=True)
-    assert any("model.eval()" in message for message in error_messages(error.value))
+    cause = error.value.__cause__
+    assert isinstance(cause, ValueError), error_messages(error.value)
+    cell = "lstm" if isinstance(model, fastrnn.LSTM) else "gru"
+    assert re.match(rf"fastrnn: ONNX export of {cell} in training mode .*random masks on every "
+                    r"call.*eval-mode expectation.*Call model\.eval\(\)", str(cause))
+    assert str(cause) in str(error.value)

@@ -251,3 +251,59 @@ def test_import_and_reference_without_triton(tmp_path):
     assert facts["shape"] == [2, 1, 4]
     assert facts["reason"].startswith("triton is not installed")
     assert facts["error"] == f"backend='triton' is not available: {facts['reason']}"
+
+
+# ---------------------------------------------------------------------------- scripts/setup.sh
+
+def test_setup_stamp_reads_the_installed_distribution(tmp_path):
+    """setup.sh's stamp (its ``installation_state``, run as the script defines it, in a copy of
+    the files it hashes) must not change when ``pip wheel .`` leaves a fastrnn.egg-info in the
+    checkout: the working directory is on ``python -``'s sys.path, and metadata read there
+    would make every later run reinstall."""
+    for name in ("pyproject.toml", "setup.py"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "csrc", tmp_path / "csrc")
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    function = script[script.index("installation_state() {"):]
+    function = function[:function.index("\n}\n") + 3]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+    def stamp() -> str:
+        result = subprocess.run(["bash", "-c", f"{function}\nextras=test,bench\ninstallation_state"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return result.stdout.strip()
+
+    before = stamp()
+    egg_info = tmp_path / "fastrnn.egg-info"
+    egg_info.mkdir()
+    (egg_info / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: fastrnn\nVersion: 9.9.9\n")
+    assert stamp() == before
+
+
+# ----------------------------------------------------------------------------- scripts/test.sh
+
+@pytest.mark.parametrize("given,expected", [
+    ([], ["-q"]),
+    (["-q", "tests/test_x.py"], ["-q", "tests/test_x.py"]),
+    (["-v", "-k", "lstm"], ["-v", "-k", "lstm"]),
+    (["--verbosity=2"], ["--verbosity=2"]),
+    (["-x", "tests/test_x.py"], ["-q", "-x", "tests/test_x.py"]),
+], ids=["nothing", "quiet", "verbose", "verbosity", "other_flags"])
+def test_test_script_passes_one_verbosity(tmp_path, given, expected):
+    """scripts/test.sh adds -q only when the caller sets no verbosity: its -q beside a caller's
+    -q is pytest's -qq, which hides the summary line.  Run in a copy whose setup.sh does nothing
+    and whose .venv's python prints the arguments it gets."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(ROOT / "scripts" / "test.sh", tmp_path / "scripts" / "test.sh")
+    (tmp_path / "scripts" / "setup.sh").write_text("exit 0\n")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"\n')
+    python = bin_dir / "python"
+    python.write_text("#!/usr/bin/env bash\nprintf '%s\\n' \"$@\"\n")
+    python.chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / "scripts" / "test.sh"), *given],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["-m", "pytest", *expected]

@@ -209,3 +209,44 @@ def test_input_layer_norm_of_ordinary_values_is_group_norm_bit_for_bit(ln_groups
     expected = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, gamma, bias,
                             eps=LAYER_NORM_EPS).reshape(gx.shape)
     assert torch.equal(project_input(x, w_ih, bias, gamma, ln_groups), expected)
+
+
+# ------------------------------------------------- float64 calls keep float64 everywhere
+
+def _lstm_in_float64(x, w_ih, w_hh, bias, h, c, keep):
+    """The LSTM with candidate dropout δ_t = ``keep[t]``, written out in float64 autograd."""
+    outs = []
+    for t in range(x.shape[0]):
+        i, f, g, o = (x[t] @ w_ih.t() + h @ w_hh.t() + bias).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g) * keep[t]
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs), h, c
+
+
+def test_float64_candidate_dropout_is_float64_exact():
+    """δ = 1/(1-p) in float64 for float64 calls (docs/cells.md): a float32 1/0.6 is off by
+    4e-8 relative, which the outputs and gradients would carry at ~1e-7."""
+    p = 0.4
+    g = torch.Generator().manual_seed(5)
+    steps, batch, inputs, hidden = 5, 3, 4, 6
+    x, w_ih, w_hh, bias, h0, c0 = (torch.randn(*shape, generator=g, dtype=F64) for shape in
+                                   [(steps, batch, inputs), (4 * hidden, inputs),
+                                    (4 * hidden, hidden), (4 * hidden,), (batch, hidden),
+                                    (batch, hidden)])
+    leaves = [t.clone().requires_grad_() for t in (x, w_ih, w_hh, bias)]
+    torch.manual_seed(0)
+    with M.capture_masks() as calls:
+        got = lstm_layer(leaves[0], leaves[1], leaves[2], leaves[3], None, h0, c0,
+                         candidate_dropout=p, training=True)
+    keep = (~calls[0].candidate_dropout).to(F64) / (1.0 - p)
+    exact_leaves = [t.clone().requires_grad_() for t in (x, w_ih, w_hh, bias)]
+    expected = _lstm_in_float64(*exact_leaves, h0, c0, keep)
+    for name, a, b in zip(("out", "h_n", "c_n"), got, expected):
+        assert max_rel_err(a, b) <= 1e-13, name
+    weights = torch.randn(got[0].shape, generator=g, dtype=F64)
+    grads = torch.autograd.grad((got[0] * weights).sum() + got[2].sum(), leaves)
+    expected_grads = torch.autograd.grad((expected[0] * weights).sum() + expected[2].sum(),
+                                         exact_leaves)
+    for name, a, b in zip(("x", "w_ih", "w_hh", "bias"), grads, expected_grads):
+        assert max_rel_err(a, b) <= 1e-13, f"d{name}"

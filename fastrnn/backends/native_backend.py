@@ -11,12 +11,15 @@ host sync, so CUDA graphs can capture it):
 * ``lengths``: steps t >= L_b run but are discarded: ``out`` is zeroed there and h_n is read at
   t = L_b - 1.  The LSTM's c_n is the kernel's final cell state, held fixed through the padding
   steps by one extra input column that is 1 there and 0 elsewhere, whose weights drive the input
-  gate to 0 and the forget gate to 1 (sigmoid of ∓1e4 is 0 and 1 to the last bit, so
-  c_t = 1·c_{t-1} + 0·tanh(g) = c_{t-1}) and leave g and o alone; the gradients of those steps
-  are zero for the same reason.
+  gate to 0 and the forget gate to 1 and leave g and o alone: ∓S with S half the dtype's largest
+  value, so that σ(∓S + a) is 0 and 1 to the last bit (c_t = 1·c_{t-1} + 0·tanh(g) = c_{t-1})
+  whatever the other terms a of the pre-activation, unless |a| itself reaches S; a sum that
+  overflows is ±inf, which σ takes to 0 and 1 as well.  The gradients of those steps are zero
+  for the same reason.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -27,9 +30,6 @@ from ..cells import LSTM, cell_of
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 FEATURES = frozenset({"proj_size"})  # torch.nn.LSTM's projection
 CELL_NAMES = ("lstm", "gru")          # the cells torch._VF has
-# A pre-activation this far from 0 saturates sigmoid to 0 or 1 in every float dtype, and stays
-# finite in float16 with the rest of the pre-activation added.
-_SATURATED = 1e4
 
 
 def unavailable() -> Optional[str]:
@@ -91,13 +91,22 @@ def _reverse_sequences(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, index.unsqueeze(-1).expand(x.shape))
 
 
+def saturating(dtype: torch.dtype) -> float:
+    """S, the largest power of two of ``dtype`` (half its largest value).
+
+    Any fixed S short of it (1e4 once) is outweighed by large enough weights, which then leak
+    into the held c.  The largest value itself is not safe: TF32 (cuDNN's default for float32)
+    rounds it up to inf, and 0·inf at the running steps is NaN; a power of two stays exact."""
+    return 2.0 ** (math.frexp(torch.finfo(dtype).max)[1] - 1)
+
+
 def _hold_cell_after_the_end(x: Tensor, w_ih: Tensor, lengths: Tensor):
     """x with a column that is 1 at t >= L_b, and W_ih with its weights: input gate to 0, forget
     gate to 1 (the module docstring)."""
     after_the_end = (~_running(x.shape[0], lengths)).to(x.dtype)
     hidden = w_ih.shape[0] // LSTM.num_gates
     column = w_ih.new_zeros(LSTM.num_gates, hidden)
-    column[LSTM.gates.index("i")] = -_SATURATED
-    column[LSTM.gates.index("f")] = _SATURATED
+    column[LSTM.gates.index("i")] = -saturating(w_ih.dtype)
+    column[LSTM.gates.index("f")] = saturating(w_ih.dtype)
     return (torch.cat([x, after_the_end], dim=-1),
             torch.cat([w_ih, column.reshape(-1, 1)], dim=1))
