@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from . import _docs
 from . import backends
 from . import cells
 from . import functional as FR
@@ -280,6 +281,7 @@ class _RecurrentBase(nn.Module):
     # --------------------------------------------------------------------------- forward
 
     def forward(self, input, hx=None, lengths: Lengths = None):
+        """The subclasses' forward: ``help(fastrnn.LSTM.forward)``, ``help(fastrnn.GRU.forward)``."""
         if torch.jit.is_tracing():  # also how the classic ONNX exporter (dynamo=False) runs it
             raise NotImplementedError(
                 _NOT_SCRIPTABLE.format(what="torch.jit.trace, torch.onnx.export(dynamo=False)"))
@@ -425,16 +427,26 @@ class _RecurrentBase(nn.Module):
                                                            for s in states))
 
 
-class LSTM(_RecurrentBase):
-    """torch.nn.LSTM with optional layer norm (``layer_norm``, ``ln_groups``), zoneout of the
-    cell and hidden states, recurrent / candidate dropout, dropconnect on W_hh, a forget-gate
-    bias init, learned initial states and residual connections (docs/cells.md, docs/api.md).
+_LSTM_DOC = _docs.CellFacts(
+    name="LSTM", gates="i, f, g, o", num_gates=4, candidate="tanh(g)",
+    title="A multi-layer long short-term memory (LSTM) network with optional layer norm and "
+          "regularizers.",
+    cell_norm=", and over the new cell state before its tanh, with a learned bias "
+              "(the carried cell stays raw)",
+    torch_only_args=_docs.PROJ_SIZE_ARG,
+    zoneout_args=_docs.zoneout_args(("zoneout_cell", "the cell state c"),
+                                    ("zoneout_hidden", "the hidden state h")),
+    extra_args=_docs.FORGET_BIAS_ARG, width="P", states=("h", "c"),
+    example_options="layer_norm=True, zoneout_cell=0.1, zoneout_hidden=0.1")
 
-    ``out, (h_n, c_n) = lstm(input, hx=None, lengths=None)``, shapes as torch.nn.LSTM, its
-    ``proj_size`` included: h, h_n and out have P = proj_size units (``weight_hr_l{k}`` of shape
-    (P, H) projects σ(o) ⊙ tanh(·)), c stays H-sized.  Layer norm and the regularizers act on the
-    H-sized cell; zoneout of h and recurrent dropout on the projected h.
-    """
+
+class LSTM(_RecurrentBase):
+    # torch.nn.LSTM with optional layer norm, zoneout of c and h, recurrent / candidate dropout,
+    # dropconnect, a forget-gate bias init, learned initial states and residual connections;
+    # proj_size as torch.nn's: h, h_n and out have P units, c stays H-sized, and layer norm and
+    # the regularizers act on the H-sized cell, zoneout of h and recurrent dropout on the
+    # projected h.  The docstring is composed in fastrnn/_docs.py.
+    __doc__ = _docs.class_doc(_LSTM_DOC)
 
     cell = cells.LSTM
 
@@ -446,6 +458,7 @@ class LSTM(_RecurrentBase):
                  dropconnect: float = 0.0, forget_bias: float = 1.0,
                  learn_initial_state: bool = False, residual: bool = False, backend: str = "auto",
                  device=None, dtype=None):
+        """Builds the layers; the arguments are in the class docstring (``help(fastrnn.LSTM)``)."""
         self.forget_bias = V.finite_real("forget_bias", forget_bias)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, layer_norm=layer_norm, ln_groups=ln_groups,
@@ -467,13 +480,24 @@ class LSTM(_RecurrentBase):
     def _extra_defaults(self):
         return {"forget_bias": 1.0}
 
+    def forward(self, input, hx=None, lengths: Lengths = None):
+        return super().forward(input, hx, lengths)
+
+    forward.__doc__ = _docs.forward_doc(_LSTM_DOC)
+
+
+_GRU_DOC = _docs.CellFacts(
+    name="GRU", gates="r, z, n", num_gates=3, candidate="n",
+    title="A multi-layer gated recurrent unit (GRU) network with optional layer norm and "
+          "regularizers.",
+    cell_norm="", torch_only_args="",
+    zoneout_args=_docs.zoneout_args(("zoneout", "the hidden state h")),
+    extra_args="", width="H", states=("h",),
+    example_options="layer_norm=True, zoneout=0.1, recurrent_dropout=0.25")
+
 
 class GRU(_RecurrentBase):
-    """torch.nn.GRU with optional layer norm, zoneout, recurrent / candidate dropout,
-    dropconnect, learned initial states and residual connections (docs/cells.md, docs/api.md).
-
-    ``out, h_n = gru(input, hx=None, lengths=None)``, shapes as torch.nn.GRU.
-    """
+    __doc__ = _docs.class_doc(_GRU_DOC)  # composed in fastrnn/_docs.py
 
     cell = cells.GRU
 
@@ -483,6 +507,7 @@ class GRU(_RecurrentBase):
                  recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
                  dropconnect: float = 0.0, learn_initial_state: bool = False,
                  residual: bool = False, backend: str = "auto", device=None, dtype=None):
+        """Builds the layers; the arguments are in the class docstring (``help(fastrnn.GRU)``)."""
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, layer_norm=layer_norm, ln_groups=ln_groups,
                          zoneout={"zoneout": zoneout}, recurrent_dropout=recurrent_dropout,
@@ -490,18 +515,25 @@ class GRU(_RecurrentBase):
                          learn_initial_state=learn_initial_state, residual=residual,
                          backend=backend, device=device, dtype=dtype)
 
+    def forward(self, input, hx=None, lengths: Lengths = None):
+        return super().forward(input, hx, lengths)
+
+    forward.__doc__ = _docs.forward_doc(_GRU_DOC)
+
 
 class LayerNormLSTM(LSTM):
-    """``fastrnn.LSTM(..., layer_norm=True)``."""
-
+    # The docstring and help()'s signature: _docs.layer_norm_variant below.
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("layer_norm", True)
         super().__init__(*args, **kwargs)
 
 
 class LayerNormGRU(GRU):
-    """``fastrnn.GRU(..., layer_norm=True)``."""
-
+    # The docstring and help()'s signature: _docs.layer_norm_variant below.
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("layer_norm", True)
         super().__init__(*args, **kwargs)
+
+
+_docs.layer_norm_variant(LayerNormLSTM, LSTM)
+_docs.layer_norm_variant(LayerNormGRU, GRU)

@@ -2,6 +2,8 @@
 feature it does not run, and how it is handed calls without that feature's fields."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -109,3 +111,55 @@ def test_a_backend_without_kernels_for_a_cell_refuses_it(monkeypatch):
     assert "no kernels for the gru cell" in refused[1]
     assert backends.refusal("reference", torch.device("cpu"), torch.float32,
                             Request(cell="lstm", hidden=4)) is None
+
+
+# ------------------------------------------------------------------ available() and devices()
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """This machine as a CPU-only one, whatever it is."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_available_and_devices_agree(cpu_only):
+    """None in available() means "runs tensors of some device kind here" (devices())."""
+    kinds = backends.devices()
+    assert set(kinds) == set(backends.NAMES) | {NATIVE}
+    for name, reason in backends.available().items():
+        assert (reason is None) == bool(kinds[name]), (name, reason, kinds[name])
+    assert kinds["reference"] == ("cpu",) and kinds[NATIVE] == ("cpu",)
+    assert kinds["cuda"] == ()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_on_a_cpu_only_machine_runs_only_under_the_interpreter(cpu_only, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    reason = backends.available()["triton"]
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+    assert "no CUDA device is visible" in reason
+    assert backends.devices()["triton"] == ()
+    for dtype in (torch.float32, torch.float64):
+        error, message = backends.refusal("triton", CPU, dtype)
+        assert error is ValueError and message.startswith("backend='triton' cannot run")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        backends.check("triton", CPU, torch.float32)
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.available()["triton"] is None
+    assert backends.devices()["triton"] == ("cpu",)
+    assert backends.refusal("triton", CPU, torch.float32) is None
+
+
+def test_every_refusal_is_a_value_error(every_backend_runs_here, monkeypatch):
+    """Not installed, device, dtype, cell, feature, native's rules: one exception type."""
+    refusals = [
+        backends.refusal("reference", CPU, torch.int32),
+        backends.refusal(NATIVE, CPU, torch.float32, Request(plain=False)),
+        backends.refusal(NATIVE, CPU, torch.float32, Request(plain=True, compiling_for_grad=True)),
+        backends.refusal("triton", CUDA, torch.float32, Request(features=frozenset({"proj_size"}))),
+    ]
+    monkeypatch.setattr(backends.get("cuda"), "unavailable", lambda: "not installed")
+    monkeypatch.setattr(backends.get("triton"), "unsupported", lambda device, dtype: "no")
+    refusals += [backends.refusal("cuda", CUDA, torch.float32),
+                 backends.refusal("triton", CUDA, torch.float64)]
+    assert [error for error, _ in refusals] == [ValueError] * len(refusals)

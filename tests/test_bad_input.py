@@ -186,8 +186,10 @@ def test_proj_size_of_wrong_type():
         fastrnn.LSTM(3, 4, proj_size=2.0)
 
 
-def test_projection_on_a_backend_without_it():
-    """A backend whose kernels lack a feature refuses it by name before anything runs."""
+def test_projection_on_a_backend_without_it(monkeypatch):
+    """A backend whose kernels lack a feature refuses it by name before anything runs (Triton
+    takes CPU tensors under the interpreter: the refusal is then the feature's)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(ValueError, match=r"backend='triton' cannot run proj_size > 0"):
         fastrnn.LSTM(3, 4, proj_size=2, backend="triton")(x())
 
@@ -248,8 +250,17 @@ def test_unknown_backend():
 
 def test_dtype_unsupported_by_backend():
     module = fastrnn.GRU(3, 4, backend="triton", dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"backend='triton' cannot run torch.float64"):
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run torch.float64"):
         module(x(dtype=torch.float64))
+
+
+def test_triton_on_cpu_without_the_interpreter_is_a_value_error(monkeypatch):
+    """Every "this backend cannot run this here" is a ValueError (docs/api.md, "Errors")."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    module = fastrnn.LSTM(3, 4, backend="triton")
+    with pytest.raises(ValueError, match=r"backend='triton' (cannot run torch.float32 tensors "
+                                         r"on cpu: .*TRITON_INTERPRET=1|is not available)"):
+        module(x())
 
 
 def test_forget_bias_must_be_a_number():

@@ -15,6 +15,12 @@ Two kinds of backend:
 A backend whose kernels exist for some cells only lists their names in ``CELL_NAMES`` (absent:
 every cell of ``fastrnn.cells.CELLS``).
 
+One exception type for a refusal: whatever the reason a backend cannot run a call here (not
+installed, no device of its kind visible, the tensors' device or dtype, the cell, a feature,
+native's rules) it is a ValueError whose message names the backend and the reason
+(``refusal``, ``check``).  TypeError is left to the argument checks (fastrnn/validation.py): an
+argument of the wrong kind, whatever the backend.
+
 Optional features of a call (``fastrnn.cells.Cell.features``, e.g. "proj_size") run only on a
 backend that lists them in its module attribute ``FEATURES`` (a set of feature names; absent
 means none).  Any other backend refuses such a call with an error naming the feature, "auto"
@@ -108,14 +114,15 @@ def _features_refused(name: str, used: FrozenSet[str]) -> Optional[str]:
 
 def refusal(name: str, device: torch.device, dtype: torch.dtype,
             request: Request = Request()) -> Optional[Tuple[type, str]]:
-    """None if backend ``name`` can run ``request`` here, else (exception type, message)."""
+    """None if backend ``name`` can run ``request`` here, else (exception type, message); the
+    type is always ValueError (module docstring)."""
     backend = get(name)
     reason = backend.unavailable()
     if reason is not None:
         return ValueError, f"backend={name!r} is not available: {reason}"
     reason = backend.unsupported(device, dtype)
     if reason is not None:
-        return TypeError, f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}"
+        return ValueError, f"backend={name!r} cannot run {dtype} tensors on {device.type}: {reason}"
     cells = getattr(backend, "CELL_NAMES", None)
     if cells is not None and request.cell not in cells:
         return ValueError, (f"backend={name!r} has no kernels for the {request.cell} cell "
@@ -134,7 +141,7 @@ def refusal(name: str, device: torch.device, dtype: torch.dtype,
 
 def check(name: str, device: torch.device, dtype: torch.dtype,
           request: Request = Request()) -> None:
-    """Raises ValueError/TypeError naming why ``name`` cannot run ``request`` on device/dtype."""
+    """Raises ValueError naming why ``name`` cannot run ``request`` on device/dtype."""
     refused = refusal(name, device, dtype, request)
     if refused is not None:
         error, message = refused
@@ -165,9 +172,61 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype,
     return "reference"
 
 
+# What ``devices`` probes: a device kind counts when a backend runs one of these dtypes on it.
+PROBED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _device_kinds() -> Tuple[str, ...]:
+    """The device kinds this machine has: the CPU, and CUDA when a device is visible."""
+    return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def _runs_on(backend, kind: str) -> bool:
+    device = torch.device(kind)
+    return any(backend.unsupported(device, dtype) is None for dtype in PROBED_DTYPES)
+
+
+def devices() -> dict:
+    """{name: the device kinds ("cpu", "cuda") it can run tensors of here} for every backend,
+    "native" included; an empty tuple for one that cannot run anything here.
+
+    Triton counts "cpu" only under ``TRITON_INTERPRET=1`` (set before importing fastrnn: the
+    kernels are compiled for the interpreter when first imported) and "cuda" only with a visible
+    GPU; the reference and "native" run the CPU and any visible GPU; "cuda" needs a GPU and the
+    extension (``available``'s reason says what is missing)."""
+    kinds = {}
+    for name in NAMES + (NATIVE,):
+        backend = get(name)
+        kinds[name] = (() if backend.unavailable() is not None
+                       else tuple(kind for kind in _device_kinds() if _runs_on(backend, kind)))
+    return kinds
+
+
 def available() -> dict:
-    """{name: None if usable here, else the reason} for every fastrnn-op backend."""
-    return {name: get(name).unavailable() for name in NAMES}
+    """{name: None, or why it cannot run anything here} for every fastrnn-op backend (``NAMES``).
+
+    None means the backend runs tensors of at least one device kind here (``devices`` says which:
+    a CUDA machine's Triton runs CUDA tensors, and CPU tensors only under TRITON_INTERPRET=1);
+    otherwise the reason says what is missing (triton or the extension not installed, no GPU
+    visible, TRITON_INTERPRET not set) and what to install or set."""
+    return {name: _unavailable_here(name) for name in NAMES}
+
+
+def _unavailable_here(name: str) -> Optional[str]:
+    backend = get(name)
+    reason = backend.unavailable()
+    if reason is not None:
+        return reason
+    refused = []
+    for kind in _device_kinds():
+        if _runs_on(backend, kind):
+            return None
+        refused.append(f"{kind.upper()} tensors: "
+                       f"{backend.unsupported(torch.device(kind), torch.float32)}")
+    if "cuda" not in _device_kinds():
+        refused.append("CUDA tensors: no CUDA device is visible (torch.cuda.is_available() is "
+                       "False)")
+    return "installed, but it runs nothing here: " + "; ".join(refused)
 
 
 # ------------------------------------------------------------------- running the fastrnn ops
