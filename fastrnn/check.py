@@ -256,9 +256,11 @@ def _module(cell: str, options: dict, shape: Shape, backend: str, device) -> nn.
                          **options)
 
 
-def _train_step(module: nn.Module, x: Tensor, lengths, seed: int, weights=None):
-    """{name: tensor} of the outputs, the input's gradient and every parameter's, for the loss
-    sum(w ⊙ output) with fixed float64 weights (drawn at the first call: pass them back)."""
+def train_step(module: nn.Module, x: Tensor, lengths, seed: int, weights=None):
+    """({name: tensor}, weights): the outputs, the input's gradient (``"d input"``) and every
+    parameter's (``"d <name>"``) of a training step of ``module`` on ``x`` [T, B, I] with
+    ``lengths``, masks drawn from ``seed``, for the loss sum(w ⊙ output) with fixed float64
+    weights (drawn at the first call: pass them back to the module's twins)."""
     torch.manual_seed(seed)  # the masks' seed
     x = x.detach().clone().requires_grad_(True)
     out, state = module(x, lengths=lengths)
@@ -289,10 +291,17 @@ def _check_one(name: str, cell: str, options: dict, shape: Shape, device: torch.
     x = torch.randn(shape.steps, shape.batch, shape.input_size, generator=generator)
     x = x.to(device=device, dtype=dtype)
     lengths = shape.lengths()
-    expected, weights = _train_step(exact, x.double(), lengths, 2)
-    own, _ = _train_step(reference, x, lengths, 2, weights)
-    got, _ = _train_step(module, x, lengths, 2, weights)
-    sums = shape.steps * shape.batch
+    expected, weights = train_step(exact, x.double(), lengths, 2)
+    own, _ = train_step(reference, x, lengths, 2, weights)
+    got, _ = train_step(module, x, lengths, 2, weights)
+    return compare_step(got, own, expected, dtype, shape.steps * shape.batch)
+
+
+def compare_step(got: dict, own: dict, expected: dict, dtype: torch.dtype,
+                 sums: int) -> List[Comparison]:
+    """``compare`` of every quantity of ``train_step``: a module on a backend (``got``), its twin
+    on the reference in ``dtype`` (``own``) and in float64 (``expected``); a parameter's gradient
+    sums ``sums`` = T·B terms, the outputs and the input's gradient none."""
     return [compare(key, got[key], own[key], value, dtype=dtype,
                     reduction=sums if key.startswith("d ") and key != "d input" else 1)
             for key, value in expected.items()]

@@ -447,16 +447,6 @@ _per_step: set = set()          # configurations whose persistent launch aborted
 _warned: set = set()
 
 
-def _configuration(device, kernel_pass: str, dims: Dims, dtype) -> tuple:
-    return (str(device), kernel_pass, dims.B, dims.H, dtype)
-
-
-def falls_back(device, kernel_pass: str, dims: Dims, dtype) -> bool:
-    """Whether this configuration runs the per-step driver because its persistent launch
-    aborted earlier in this process."""
-    return _configuration(device, kernel_pass, dims, dtype) in _per_step
-
-
 def _report(watch: _Watch, late: bool) -> None:
     with _watch_lock:
         first = watch.key not in _warned
@@ -545,14 +535,15 @@ def _watch(sync: torch.Tensor, key: tuple, shape: str, rerun: Callable[[], None]
         _pending.append(watch)
 
 
-def _watched(plan, io, dims: Dims, options: Options, kernel_pass: str, sync: torch.Tensor,
+def _watched(plan, dims: Dims, options: Options, sync: torch.Tensor,
              rerun: Callable[[], None]) -> None:
     """Follows the abort flag of a launch whose programs meet at tile barriers."""
     if _recordings or not (plan.tiling.persistent and plan.cfg.SPLITS > 1):
         return
-    dtype = str(io.w_hh.dtype).replace("torch.", "")
-    shape = f"{options.cell} {kernel_pass} kernel at B={dims.B} H={dims.H} T={dims.T} {dtype}"
-    _watch(sync, _configuration(sync.device, kernel_pass, dims, io.w_hh.dtype), shape, rerun)
+    _, kernel_pass, _, _, dtype = plan.configuration
+    shape = (f"{options.cell} {kernel_pass} kernel at B={dims.B} H={dims.H} T={dims.T} "
+             f"{str(dtype).replace('torch.', '')}")
+    _watch(sync, plan.configuration, shape, rerun)
 
 
 def _float_workspace(*shape, device) -> torch.Tensor:
@@ -580,6 +571,8 @@ class _Plan(NamedTuple):
     padded: int            # B padded to whole batch tiles
     grid: Tuple[int, int]
     cell: CellKernels
+    # (device, pass, B, H, dtype): what a barrier abort is remembered by (``_per_step``)
+    configuration: tuple
 
     def launch(self, kernel, args, **cfg_fields) -> None:
         cfg = self.cfg._replace(**cfg_fields) if cfg_fields else self.cfg
@@ -599,13 +592,14 @@ def _kernel_pass(options: Options, backward: bool) -> str:
 def _plan(dims: Dims, options: Options, rates: Rates, dtype, device, persistent: bool,
           backward: bool) -> _Plan:
     kernel_pass = _kernel_pass(options, backward)
+    configuration = (str(device), kernel_pass, dims.B, dims.H, dtype)
     tiling = tiling_for(dims.B, dims.H, dtype, device, kernel_pass)
-    if not persistent or falls_back(device, kernel_pass, dims, dtype):
+    if not persistent or configuration in _per_step:
         tiling = dataclasses.replace(tiling, persistent=False)
     cfg = _config(tiling, dims, options, rates, dtype, device)
     tiles = tiling.batch_tiles(dims.B)
     return _Plan(tiling, cfg, tiles, tiles * tiling.block_b, (tiles, cfg.SPLITS),
-                 CELLS[options.cell])
+                 CELLS[options.cell], configuration)
 
 
 def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = True) -> None:
@@ -628,7 +622,7 @@ def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = Tr
                 if io.rmask is not None and not cfg.MERGED else None))
     if plan.tiling.persistent:
         plan.launch(recurrence.forward_persistent, (io, work, dims, rates))
-        _watched(plan, io, dims, options, _kernel_pass(options, False), work.sync,
+        _watched(plan, dims, options, work.sync,
                  lambda: forward(io, rates, options, persistent=False))
         return
     phases = ((recurrence.PHASE_NORM, recurrence.PHASE_CELL) if cfg.LAYER_NORM
@@ -667,7 +661,7 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
     if tiling.persistent:
         plan.launch(recurrence.backward_persistent, (io, work, dims, rates))
         summed = param_grads.sum(0)
-        _watched(plan, io, dims, options, "backward", work.sync,
+        _watched(plan, dims, options, work.sync,
                  lambda: summed.copy_(backward(given, rates, options, persistent=False)))
         return summed
     order = list(range(steps)) if options.reverse else list(range(steps - 1, -1, -1))

@@ -233,10 +233,7 @@ def _compare(got: dict, own: dict, reference64: dict, dtype, steps, batch) -> di
     sums T·B terms): the worst, or AssertionError naming each value out of its bound."""
     from fastrnn import check
 
-    results = [check.compare(name, got[name], own[name], reference64[name], dtype=dtype,
-                             reduction=steps * batch if name.startswith("d ")
-                             and name != "d input" else 1)
-               for name in reference64]
+    results = check.compare_step(got, own, reference64, dtype, steps * batch)
     failed = [r for r in results if not r.passed]
     if failed:
         raise AssertionError("out of bound: " + ", ".join(
@@ -317,7 +314,7 @@ def headline_results(run, device, backend="triton", dtype=None, steps=None, weig
     x = torch.randn(steps, B, H, generator=generator).to(run_dtype).to(device=device, dtype=dtype)
     lengths = torch.randint(steps // 2, steps + 1, (B,), generator=generator)
     lengths[0] = steps
-    return check._train_step(module, x, lengths, 2, weights)
+    return check.train_step(module, x, lengths, 2, weights)
 
 
 def headline_triton(run, device, recording=False):
