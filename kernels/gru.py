@@ -10,9 +10,9 @@ import triton
 import triton.language as tl
 
 from .common import (
-    dropout_scale, load_slots, load_units, round_to, select_first, sigmoid, slot_columns, stack4,
-    step_mask_index, step_slab, store_gates, store_slots, store_units, tanh, unstack4,
-    zoneout_weight)
+    dropout_scale, load_slots, load_units, round_to, rows_where, select_first, sigmoid,
+    slot_columns, stack4, step_mask_index, step_slab, store_gates, store_slots, store_units, tanh,
+    unstack4, zoneout_weight)
 
 
 
@@ -30,8 +30,10 @@ def initial_states(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, dims, cfg: tl.constexpr):
     T, B, H = dims
     h0, _ = initial_states(io, rows, row_ok, units, unit_ok, H, cfg)
-    h = load_units(step_slab(io.out, previous_t, B, H), rows, row_ok & (first == 0), units, unit_ok,
-                   H, False)
+    # A row past its length is not at its first step either: at the call's first step it would
+    # read one step past either end of the outputs.
+    carried = row_ok & (first == 0) & rows_where(rows, (previous_t >= 0) & (previous_t < T))
+    h = load_units(step_slab(io.out, previous_t, B, H), rows, carried, units, unit_ok, H, False)
     return select_first(first, h0, h), _no_state(cfg)
 
 

@@ -57,7 +57,9 @@ def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, dims, c
     """(h, c) of the program's units before step t, read back from the outputs."""
     T, B, H = dims
     h0, c0 = initial_states(io, rows, row_ok, units, unit_ok, H, cfg)
-    carried = row_ok & (first == 0)
+    # A row past its length is not at its first step either: at the call's first step it would
+    # read one step past either end of the outputs.
+    carried = row_ok & (first == 0) & rows_where(rows, (previous_t >= 0) & (previous_t < T))
     h = load_units(step_slab(io.out, previous_t, B, H), rows, carried, units, unit_ok, H, False)
     c = load_units(step_slab(io.middle, previous_t, B, H), rows, carried, units, unit_ok, H, False)
     return select_first(first, h0, h), select_first(first, c0, c)
