@@ -1,6 +1,12 @@
-"""Build: the Python package (kernels/ installs as fastrnn.kernels, and the CUDA sources of csrc/
-as package data in fastrnn/csrc/, so that an installed copy can build the extension on first use)
-and, where CUDA is present, the CUDA extension fastrnn._C compiled from csrc/ with ninja.
+"""Build: the Python package (kernels/ installs as fastrnn.kernels, and the C++/CUDA sources of
+csrc/ as package data in fastrnn/csrc/, so that an installed copy can build the extensions on
+first use); where torch is importable at build time, the CPU extension fastrnn._cpu compiled from
+csrc/cpu/ (a C++ compiler is all it needs); and, where CUDA is present, the CUDA extension
+fastrnn._C compiled from csrc/ with ninja.
+
+The CPU extension is skipped when torch is not importable at build time or FASTRNN_BUILD_CPU=0;
+fastrnn then builds it with ninja on the first call that runs backend "cpu"
+(fastrnn/backends/cpu_build.py).
 
 The extension is skipped when torch is not importable at build time (pip's default build
 isolation), has no CUDA, or nvcc is missing; FASTRNN_BUILD_CUDA=1 forces it (and fails loudly if
@@ -18,22 +24,40 @@ from setuptools import setup
 from setuptools.command import build_py as setuptools_build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = ["fastrnn", "fastrnn.backends", "fastrnn.kernels", "fastrnn.csrc"]
+PACKAGES = ["fastrnn", "fastrnn.backends", "fastrnn.kernels", "fastrnn.csrc", "fastrnn.csrc.cpu"]
 PACKAGE_DIR = {"fastrnn": "fastrnn", "fastrnn.backends": "fastrnn/backends",
-               "fastrnn.kernels": "kernels", "fastrnn.csrc": "csrc"}
+               "fastrnn.kernels": "kernels", "fastrnn.csrc": "csrc", "fastrnn.csrc.cpu": "csrc/cpu"}
 
 
-def load_cuda_build():
-    """fastrnn/backends/cuda_build.py loaded by path: importing the fastrnn package would need
-    torch, which pip's isolated build environment does not have."""
+def load_build(name):
+    """fastrnn/backends/<name>.py (cuda_build, cpu_build) loaded by path: importing the fastrnn
+    package would need torch, which pip's isolated build environment does not have."""
     spec = importlib.util.spec_from_file_location(
-        "fastrnn_cuda_build", os.path.join(ROOT, "fastrnn", "backends", "cuda_build.py"))
+        f"fastrnn_{name}", os.path.join(ROOT, "fastrnn", "backends", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-cuda_build = load_cuda_build()
+cuda_build = load_build("cuda_build")
+cpu_build = load_build("cpu_build")
+
+
+def cpu_extension():
+    """(ext_modules, decision): the extension for fastrnn._cpu, or none, and the line that says
+    which (and why not)."""
+    if os.environ.get("FASTRNN_BUILD_CPU") == "0":
+        return [], "fastrnn: CPU extension not built (FASTRNN_BUILD_CPU=0)"
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        return [], ("fastrnn: CPU extension not built: torch is not importable at build time; "
+                    "fastrnn compiles it on first use of backend='cpu'")
+    sources = [os.path.relpath(path, ROOT) for path in cpu_build.sources(Path(ROOT, "csrc"))]
+    extension = cpp_extension.CppExtension(
+        cpu_build.MODULE, sources, include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args=cpu_build.cxx_flags())
+    return [extension], "fastrnn: building the CPU extension fastrnn._cpu (about a minute)"
 
 
 def cuda_extension():
@@ -89,19 +113,27 @@ def announce(line):
 
 
 ext_modules, cmdclass, decision = cuda_extension()
+cpu_modules, cpu_decision = cpu_extension()
+if cpu_modules and not cmdclass:
+    from torch.utils import cpp_extension
+    cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+ext_modules = ext_modules + cpu_modules
 
 
 # Named as the command it replaces: distutils looks commands' options up by class name.
 class build_py(setuptools_build_py.build_py):
-    """build_py that also announces the CUDA decision: pip runs setup.py several times per
+    """build_py that also announces the CUDA and CPU decisions: pip runs setup.py several times per
     install (build requirements, metadata, the build), and build_py runs once, in the build, for
     wheels and editable installs alike."""
 
     def run(self):
         announce(decision)
+        announce(cpu_decision)
         super().run()
 
 
 setup(packages=PACKAGES, package_dir=PACKAGE_DIR,
-      package_data={"fastrnn.csrc": list(cuda_build.SOURCE_PATTERNS)},
+      package_data={"fastrnn.csrc": list(cuda_build.SOURCE_PATTERNS),
+                    "fastrnn.csrc.cpu": list(cpu_build.COMPILED_PATTERNS
+                                            + cpu_build.HEADER_PATTERNS)},
       ext_modules=ext_modules, cmdclass={**cmdclass, "build_py": build_py})

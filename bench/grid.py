@@ -41,6 +41,10 @@ CELLS: Dict[str, Cell] = {
     "lstm": Cell("lstm", {}),
     "gru": Cell("gru", {}),
     "ln_lstm": Cell("lstm", {"layer_norm": True, "ln_groups": 1}),
+    # What a CPU user of layer norm trains with (the CPU preset): zoneout on both states, masks
+    # drawn in both modes like gru_reg.
+    "ln_lstm_zo": Cell("lstm", {"layer_norm": True, "ln_groups": 1, "zoneout_cell": 0.1,
+                                "zoneout_hidden": 0.1}, training=True),
     # The regularized GRU is measured in train mode in both modes: the masks are part of its cost.
     "gru_reg": Cell("gru", {"zoneout": 0.1, "recurrent_dropout": 0.25}, training=True),
 }
@@ -93,17 +97,27 @@ def _peer_shape(cells: Sequence[str]) -> List[Workload]:
     return [Workload(cell, 16, 768, 1024, "float16", mode) for cell in cells for mode in MODES]
 
 
-ALL_CELLS = ("ln_lstm", "gru_reg", "lstm", "gru")
+ALL_CELLS = ("ln_lstm", "ln_lstm_zo", "gru_reg", "lstm", "gru")
+GPU_CELLS = ("ln_lstm", "gru_reg", "lstm", "gru")
+CPU_CELLS = ("ln_lstm_zo", "gru_reg", "lstm", "gru")
+
+# The CPU preset's shapes (I = H, the protocol's): a recurrent policy's and a language model's.
+CPU_RL = dict(B=16, H=64, T=128)
+CPU_LM = dict(B=32, H=256, T=100)
 
 PRESETS: Dict[str, Preset] = {
-    "gpu": Preset(ALL_CELLS, (16, 64, 256), (256, 512, 1024), (512,),
-                  ("bfloat16", "float16", "float32"), MODES, extra=_peer_shape(ALL_CELLS)),
+    "gpu": Preset(GPU_CELLS, (16, 64, 256), (256, 512, 1024), (512,),
+                  ("bfloat16", "float16", "float32"), MODES, extra=_peer_shape(GPU_CELLS)),
     "headline": Preset(("ln_lstm", "gru_reg"), (64,), (512,), (512,), ("bfloat16",), ("train",),
-                       extra=_peer_shape(ALL_CELLS)),
-    # Under a minute on two CPU cores (bench/README.md states the measured time); four hidden
-    # sizes so that every line of the plot has more than two points.  It shows the harness
-    # works and says nothing about the fused kernels.
-    "cpu": Preset(ALL_CELLS, (8,), (32, 64, 128, 256), (32,), ("float32",), MODES),
+                       extra=_peer_shape(GPU_CELLS)),
+    # The fused C++ kernels (fastrnn-cpu) beside the reference, the torch loop and torch.nn at
+    # the two shapes above, float32 (bench/README.md states the measured time).
+    # The RL shape's H is swept (32, 64, 128) so that the plot, drawn along H at the RL shape's
+    # B and T, has three points per line; the LM shape is in the tables.
+    "cpu": Preset(CPU_CELLS, (CPU_RL["B"],), (CPU_RL["H"] // 2, CPU_RL["H"], CPU_RL["H"] * 2),
+                  (CPU_RL["T"],), ("float32",), MODES,
+                  extra=[Workload(cell, CPU_LM["B"], CPU_LM["H"], CPU_LM["T"], "float32", mode)
+                         for cell in CPU_CELLS for mode in MODES]),
 }
 
 

@@ -18,7 +18,7 @@ from torch import nn
 import fastrnn
 from fastrnn import backends
 
-from .grid import Workload
+from .grid import ALL_CELLS, Workload
 from .measure import Prepared, Result, Settings, peak_memory_bytes, seeded_result, time_ms
 
 
@@ -73,7 +73,7 @@ def measure_prepared(prepared: Prepared, mode: str, inputs: Sequence[torch.Tenso
 class Implementation:
     """Base: an implementation measured in this process."""
     name: str
-    cells: Sequence[str] = ("ln_lstm", "gru_reg", "lstm", "gru")
+    cells: Sequence[str] = ALL_CELLS
 
     def missing(self, device: torch.device) -> Optional[str]:
         """None if it can run on this machine, else why not and what to install."""
@@ -102,10 +102,15 @@ class FastrnnBackend(Implementation):
         self.name = f"fastrnn-{backend}"
 
     def missing(self, device):
-        if device.type != "cuda":
-            return ("needs a CUDA GPU: the fused kernels run on CUDA devices (the Triton "
-                    "interpreter checks their math on CPU and is never timed)")
-        return backends.available()[self.backend]
+        reason = backends.available()[self.backend]
+        if reason is not None:
+            return reason
+        if device.type not in backends.devices()[self.backend]:
+            return f"runs no {device.type} tensors here"
+        if self.backend == "triton" and device.type != "cuda":
+            return ("needs a CUDA GPU: the Triton interpreter checks the kernels' math on CPU "
+                    "and is never timed")
+        return None
 
     def unsupported(self, workload, device):
         return backends.get(self.backend).unsupported(device, workload.torch_dtype)

@@ -7,6 +7,7 @@ implementation is timed, measured and checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import statistics
@@ -36,6 +37,112 @@ class Settings:
     row_seconds: float = 2.0    # stop repeating after this long once min_repeats are done
     input_sets: int = 4         # inputs cycled while timing, so no call reads warm caches
     seed: int = 0
+    # A row whose calibration before or after it ran more than load_factor times slower than
+    # the run's quietest is measured again, up to load_retries more times, then flagged.
+    load_factor: float = 1.3
+    load_retries: int = 2
+
+
+# ------------------------------------------------------------------------------------ load
+#
+# A row slowed alike from its first call to its last looks steady (median close to the
+# fastest call: once 1.82 s against 7.24 ms on a quiet machine), so ``unsteady`` cannot see
+# it.  A fixed workload timed between rows can: the run's quietest calibration is what this
+# machine does at this thread count, and a row whose calibration before or after it ran much
+# slower than that shared the cores with something else.
+
+CALIBRATION_SIZE = 256
+CALIBRATION_STEPS = 8
+CALIBRATION_REPEATS = 3
+CALIBRATION_WHAT = (
+    f"best of {CALIBRATION_REPEATS} runs of {CALIBRATION_STEPS} steps of y = tanh(y @ A), A a "
+    f"fixed {CALIBRATION_SIZE}x{CALIBRATION_SIZE} float32 matrix, on CPU at torch's thread "
+    f"count")
+CALIBRATION_WHEN = ("before the first row, and before (a retry only) and after each try of a "
+                    "row; not run on CUDA, whose rows are timed on the device")
+
+
+@functools.lru_cache(maxsize=1)
+def _calibration_matrix() -> Tensor:
+    n = CALIBRATION_SIZE
+    # Its own generator: the global one seeds the benchmark's masks.  Scaled by 1/sqrt(n), y
+    # keeps its size from step to step (neither vanishing towards denormals nor saturating).
+    return torch.randn(n, n, generator=torch.Generator().manual_seed(0)) / math.sqrt(n)
+
+
+def calibration_workload() -> Tensor:
+    """The fixed, deterministic calibration computation: matmuls and an elementwise op, what
+    the CPU rows spend their time on."""
+    a = y = _calibration_matrix()
+    for _ in range(CALIBRATION_STEPS):
+        y = torch.tanh(y @ a)
+    return y
+
+
+def calibration_ms() -> float:
+    """Milliseconds of the calibration workload on CPU, the best of a few runs: a pause in one
+    run is not load, a machine slow in all of them is."""
+    best = math.inf
+    _calibration_matrix()   # drawn once, untimed
+    with torch.inference_mode():
+        for _ in range(CALIBRATION_REPEATS):
+            began = time.perf_counter()
+            calibration_workload()
+            best = min(best, (time.perf_counter() - began) * 1e3)
+    return best
+
+
+def load_ratio(calibrations_ms: Sequence[Optional[float]],
+               quietest_ms: Optional[float]) -> Optional[float]:
+    """The slowest of a row's calibrations (before and after it) over the run's quietest;
+    None when there is nothing to compare (no calibration on this device)."""
+    known = [c for c in calibrations_ms if c is not None]
+    if not known or not quietest_ms:
+        return None
+    return max(known) / quietest_ms
+
+
+def loaded(calibrations_ms: Sequence[Optional[float]], quietest_ms: Optional[float],
+           factor: float) -> bool:
+    """The machine was loaded around a row: a calibration beside it ran more than ``factor``
+    times slower than the quietest."""
+    ratio = load_ratio(calibrations_ms, quietest_ms)
+    return ratio is not None and ratio > factor
+
+
+class LoadMonitor:
+    """The calibrations of one run.  ``check`` times the workload (on CPU; nothing elsewhere)
+    and keeps the quietest so far, the run's own reference for this machine and thread count:
+    no figure from another machine or day is assumed."""
+
+    def __init__(self, device: torch.device, factor: float):
+        self.active = device.type == "cpu"
+        self.factor = factor
+        self.threads = torch.get_num_threads()
+        self.quietest_ms: Optional[float] = None
+        self.latest_ms: Optional[float] = None
+        self.count = 0
+
+    def check(self) -> Optional[float]:
+        if not self.active:
+            return None
+        ms = calibration_ms()
+        self.count += 1
+        self.latest_ms = ms
+        self.quietest_ms = ms if self.quietest_ms is None else min(self.quietest_ms, ms)
+        return ms
+
+    def ratio(self, calibrations_ms: Sequence[Optional[float]]) -> Optional[float]:
+        return load_ratio(calibrations_ms, self.quietest_ms)
+
+    def loaded(self, calibrations_ms: Sequence[Optional[float]]) -> bool:
+        return loaded(calibrations_ms, self.quietest_ms, self.factor)
+
+    def describe(self) -> dict:
+        """For the run's entry in the result file."""
+        return {"what": CALIBRATION_WHAT, "when": CALIBRATION_WHEN, "active": self.active,
+                "threads": self.threads, "quietest_ms": self.quietest_ms,
+                "calibrations": self.count, "load_factor": self.factor}
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .grid import ALL_CELLS, CELLS, DTYPES, MODES, PRESETS, build_grid
+from .grid import ALL_CELLS, CELLS, CPU_CELLS, CPU_LM, CPU_RL, DTYPES, MODES, PRESETS, build_grid
 from .implementations import BASELINES
 from .measure import UNSTEADY_MEDIAN_OVER_MIN
 
@@ -26,7 +26,11 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+        # The thread count is part of a CPU's name: runs at 1 and 2 threads are two machines'
+        # worth of results, kept in separate files.
+        threads = torch.get_num_threads()
+        name = (f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} cores, "
+                f"{threads} thread{'s' if threads > 1 else ''})")
     try:
         triton = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
@@ -80,7 +84,7 @@ def moved(old: dict, new: dict, factor: float = MOVED_FACTOR) -> List[str]:
     for row in new["rows"]:
         earlier = before.get(_key(row))
         if earlier and row["ms"] and max(row["ms"] / earlier, earlier / row["ms"]) > factor:
-            lines.append(f"{row['impl']} {_label(row)}: {earlier:.3g} ms earlier today, "
+            lines.append(f"{row['impl']} {row_label(row)}: {earlier:.3g} ms earlier today, "
                          f"{row['ms']:.3g} ms now ({row['ms'] / earlier:.2f}×)")
     return lines
 
@@ -144,7 +148,7 @@ def baseline(document: dict) -> dict:
     return BASELINES["torch-nn" if "torch-nn" in impls and "cudnn" not in impls else "cudnn"]
 
 
-def _label(row: dict) -> str:
+def row_label(row: dict) -> str:
     return f"{row['cell']} B={row['B']} H={row['H']} T={row['T']} {row['dtype']} {row['mode']}"
 
 
@@ -156,7 +160,10 @@ def legend(document: dict) -> str:
         f"ms min / median / max: over the timed calls; ⚠ marks a row whose median is more than "
         f"{UNSTEADY_MEDIAN_OVER_MIN}× its fastest call: at least half of its calls ran that much "
         f"slower than the machine can (another process on the cores?), so its figures are not "
-        f"to be trusted; run it again.",
+        f"to be trusted; run it again. \"loaded N×\" marks a row measured on a loaded machine: "
+        f"a calibration workload timed before or after it ran N× slower than the quietest of "
+        f"its run{_calibrations(document)}, even after reruns; every call was slowed alike, "
+        f"which the spread cannot show; run it again.",
         f"× {base['name']}: against {base['what']}, on the plain cell of the same family, "
         f"shape, dtype and mode (ln_lstm against lstm, gru_reg against gru): the floor, with "
         f"neither layer norm nor regularizers (`ratio_vs_cudnn` in the JSON).",
@@ -169,8 +176,21 @@ def legend(document: dict) -> str:
         "— where the row does not compute that (the note says why).",
     ]
     if base["impl"] != "cudnn":
-        parts.append("No GPU: these times check the harness; they are not results.")
+        parts.append("No GPU: fastrnn-cpu rows are results of the CPU backend on this machine at "
+                     "the thread count in the device name; the GPU backends did not run.")
     return "\n".join(f"- {p}" for p in parts) + "\n"
+
+
+def _calibrations(document: dict) -> str:
+    """What the calibration was and its quietest time in each run that had one."""
+    runs = [r["calibration"] for r in document.get("runs", [])
+            if (r.get("calibration") or {}).get("quietest_ms")]
+    if not runs:
+        return ""
+    quietest = ", ".join(f"{c['quietest_ms']:.3g} ms" for c in runs)
+    factors = sorted({c["load_factor"] for c in runs})
+    return (f" (flagged above {' / '.join(f'{f:g}' for f in factors)}×; calibration: "
+            f"{runs[-1]['what']}; quietest {quietest})")
 
 
 # ---------------------------------------------------------------------------------- markdown
@@ -212,6 +232,8 @@ def _calls(row: dict) -> str:
     if low is None or high is None:  # a file from before the spread was kept
         return format(row["ms"], ".3g")
     mark = " ⚠" if row.get("unsteady") else ""
+    if row.get("loaded"):
+        mark += f" loaded {row['load_ratio']:.3g}×"
     return f"{low:.3g} / {row['ms']:.3g} / {high:.3g}{mark}"
 
 
@@ -265,10 +287,49 @@ def headline_table(document: dict) -> str:
     return _header(document) + "\n" + rows_table(rows, document)
 
 
+def cpu_table(document: dict) -> str:
+    """The README's CPU table: at the CPU grid's two shapes, each cell's fastrnn-cpu row beside
+    the torch loop, the plain torch.nn cell and the reference, with the ratios taken within the
+    run; a loaded row says so."""
+    def find(impl, cell, shape, mode):
+        for row in document["rows"]:
+            if (row["impl"], row["cell"], row["mode"]) == (impl, cell, mode) and \
+                    (row["B"], row["H"], row["T"]) == (shape["B"], shape["H"], shape["T"]):
+                return row
+        return None
+
+    def ms(row):
+        if row is None or row["ms"] is None:
+            return "—"
+        return f"{row['ms']:.3g}" + (f" (loaded {row['load_ratio']:.2g}×)" if row.get("loaded")
+                                     else "")
+
+    def ratio(row, other):
+        return "—" if row is None or other is None or not other["ms"] else \
+            f"{row['ms'] / other['ms']:.2f}×"
+
+    lines = ["| shape | cell | mode | fastrnn-cpu ms | torch loop ms | torch.nn ms (plain cell) "
+             "| reference ms | × loop | × torch.nn |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, shape in (("RL", CPU_RL), ("LM", CPU_LM)):
+        for cell in CPU_CELLS:
+            for mode in ("train", "forward"):
+                fused = find("fastrnn-cpu", cell, shape, mode)
+                if fused is None:
+                    continue
+                loop = find("torch-loop", cell, shape, mode)
+                plain = find("torch-nn", CELLS[cell].baseline, shape, mode)
+                reference = find("reference-eager", cell, shape, mode)
+                lines.append(f"| {label} B={shape['B']} T={shape['T']} H={shape['H']} | {cell} | "
+                             f"{mode} | {ms(fused)} | {ms(loop)} | {ms(plain)} | {ms(reference)} | "
+                             f"{ratio(fused, loop)} | {ratio(fused, plain)} |")
+    return _header(document) + "\n" + "\n".join(lines) + "\n"
+
+
 # -------------------------------------------------------------------------------------- plot
 
 SHAPE_AXES = ("H", "T", "B")
 UNSTEADY_LABEL = "unsteady row (⚠ in the table)"
+LOADED_LABEL = "loaded machine (\"loaded\" in the table)"
 
 
 def plot_axis(rows: List[dict]) -> Tuple[str, Dict[str, int]]:
@@ -291,8 +352,9 @@ def plot_axis(rows: List[dict]) -> Tuple[str, Dict[str, int]]:
 def plot(document: dict, path: str) -> None:
     """µs/step against H (or whichever shape axis the rows vary most) per implementation and
     dtype, one panel per cell (columns) and mode (rows), log-log; bars span the fastest to the
-    slowest timed call; unsteady rows are ringed in red.  A regularized or layer-norm cell's
-    panel also draws the torch.nn plain cell it is measured against, dotted, as the floor."""
+    slowest timed call; unsteady rows are ringed in red, loaded ones in orange.  A regularized
+    or layer-norm cell's panel also draws the torch.nn plain cell it is measured against,
+    dotted, as the floor."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot, ticker
@@ -344,6 +406,12 @@ def plot(document: dict, path: str) -> None:
                 handles[UNSTEADY_LABEL] = axis.scatter(
                     *zip(*shaky), s=60, facecolors="white", edgecolors="red", linewidths=1.5,
                     marker=markers[dtype], zorder=3, label=UNSTEADY_LABEL)
+            burdened = [(x, y) for x, y, r in zip(xs, ys, points) if r.get("loaded")]
+            if burdened:
+                # Wider than the red ring: a row both unsteady and loaded shows both.
+                handles[LOADED_LABEL] = axis.scatter(
+                    *zip(*burdened), s=130, facecolors="none", edgecolors="darkorange",
+                    linewidths=1.5, marker=markers[dtype], zorder=3, label=LOADED_LABEL)
         title = f"{cell} {mode}" + (" (masks drawn)" if CELLS[cell].draws_masks else "")
         axis.set_title(title, fontsize=10)
         axis.set_xscale("log", base=2)
@@ -366,8 +434,9 @@ def plot(document: dict, path: str) -> None:
     note = "" if base["impl"] == "cudnn" else " — no GPU: a check of the harness, not a result"
     figure.suptitle(f"{document['device']}, torch {document['torch']}, {document['date']}: "
                     f"time per step at {held}; bars: fastest to slowest call{note}", fontsize=10)
-    if UNSTEADY_LABEL in handles:  # last in the legend
-        handles[UNSTEADY_LABEL] = handles.pop(UNSTEADY_LABEL)
+    for flag in (UNSTEADY_LABEL, LOADED_LABEL):  # last in the legend
+        if flag in handles:
+            handles[flag] = handles.pop(flag)
     columns = min(len(handles), 6)
     figure.legend(list(handles.values()), list(handles.keys()), loc="lower center",
                   ncol=max(1, columns), fontsize=8, frameon=False)

@@ -31,7 +31,7 @@ import torch  # noqa: E402  (after the line above on purpose)
 from . import report  # noqa: E402
 from .grid import CELLS, DTYPES, MODES, PRESETS, build_grid  # noqa: E402
 from .implementations import BASELINES, baseline_name  # noqa: E402
-from .measure import Settings, peak_memory_method  # noqa: E402
+from .measure import LoadMonitor, Settings, peak_memory_method  # noqa: E402
 from .suite import all_implementations, plan, progress_style, run_jobs  # noqa: E402
 
 IMPORTED = time.perf_counter()
@@ -63,6 +63,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--impls", type=_csv(str),
                    help="implementations to run (default: all; on CPU all but reference-compiled)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--threads", type=int,
+                   help="torch's CPU thread count for the run (default: torch's); on CPU it is "
+                        "part of the device name, so each count has its own result files")
     p.add_argument("--out-dir", help="where result files go (default: bench/results on a GPU, "
                                      "bench/cache on CPU)")
     p.add_argument("--fresh", action="store_true",
@@ -74,9 +77,18 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--min-repeats", type=int, help="fewest timed calls per row")
     p.add_argument("--row-seconds", type=float,
                    help="stop timing a row after this long once min-repeats are done")
+    p.add_argument("--load-factor", type=float,
+                   help="a row whose calibration before or after it ran more than this many "
+                        "times slower than the run's quietest is loaded (default 1.3; CPU only)")
+    p.add_argument("--load-retries", type=int,
+                   help="times a loaded row is measured again before it is flagged (default 2)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: a line per row instead (also when stderr is not a "
                         "terminal)")
+    p.add_argument("--cpu-table", metavar="JSON",
+                   help="print the README's CPU table (fastrnn-cpu beside the torch loop, "
+                        "torch.nn and the reference at the CPU grid's two shapes) from a result "
+                        "file, and exit")
     p.add_argument("--headline-table", metavar="JSON",
                    help="print the README headline table of a result file and exit")
     p.add_argument("--render", metavar="JSON",
@@ -91,7 +103,10 @@ def settings_for(args, device: torch.device) -> Settings:
                     min_repeats=args.min_repeats or defaults.min_repeats,
                     max_repeats=args.repeats or defaults.max_repeats,
                     row_seconds=args.row_seconds if args.row_seconds is not None
-                    else defaults.row_seconds)
+                    else defaults.row_seconds,
+                    load_factor=args.load_factor or defaults.load_factor,
+                    load_retries=args.load_retries if args.load_retries is not None
+                    else defaults.load_retries)
 
 
 def workloads(args, device_type: str):
@@ -143,6 +158,10 @@ def select_implementations(args, device: torch.device):
 def main(argv: Optional[List[str]] = None) -> int:
     began = time.perf_counter()
     args = parse_args(argv)
+    if args.cpu_table:
+        with open(args.cpu_table) as f:
+            print(report.cpu_table(json.load(f)), end="")
+        return 0
     if args.headline_table:
         with open(args.headline_table) as f:
             print(report.headline_table(json.load(f)), end="")
@@ -156,6 +175,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as error:
         sys.exit(str(error))
     settings = settings_for(args, device)
+    if args.threads is not None:
+        if args.threads < 1:
+            sys.exit(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     environment = report.environment(device)
     base = BASELINES[baseline_name(device)]
     print(f"device: {environment['device']}; torch {environment['torch']}, "
@@ -163,9 +186,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"(imports took {IMPORTED - STARTED:.1f} s)")
     print(f"baseline ({base['impl']}): {base['what']}; every ratio_vs_cudnn is against it")
     if device.type != "cuda":
-        print("No CUDA GPU here: the fused kernels (fastrnn-triton, fastrnn-cuda) need one. "
-              "This run times the fastrnn reference and the torch loop against torch.nn on "
-              "CPU, a check of the harness, not a result.")
+        print(f"No CUDA GPU here: fastrnn-triton and fastrnn-cuda need one. This run times "
+              f"fastrnn's CPU kernels (fastrnn-cpu) and the reference against the torch loop "
+              f"and torch.nn on {torch.get_num_threads()} thread(s): results for the CPU "
+              f"backend of this machine.")
     jobs, missing = plan(grid, select_implementations(args, device), device)
     for entry in missing:
         dtype = f" ({entry['dtype']})" if entry.get("dtype") else ""
@@ -173,6 +197,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"{len(grid)} workloads, {len(jobs)} rows; each row warms up, times, measures "
           f"peak memory and checks against a float64 reference (once per shape and mode)",
           flush=True)
+    monitor = LoadMonitor(device, settings.load_factor)
+    if monitor.active:
+        print(f"load check: a fixed calibration workload is timed between rows; a row beside "
+              f"one more than {settings.load_factor}× slower than the run's quietest is "
+              f"measured again (up to {settings.load_retries} times), then flagged as loaded",
+              flush=True)
     started = datetime.datetime.now().isoformat(timespec="seconds")
     this_run = {"started": started, "argv": sys.argv[1:] if argv is None else argv,
                 "settings": vars(settings)}
@@ -191,6 +221,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             warned.append(f"row {done}: {text}")
         del caught[:]
         this_run["unfinished"] = f"{done} written"
+        this_run["calibration"] = monitor.describe()
         report.write_merged(dict(document, rows=rows, failed=failed), previous, out_dir,
                             plot_too=False)
 
@@ -198,9 +229,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     with fastrnn_warnings() as caught:
         rows, failed = run_jobs(jobs, settings, device,
                                 progress=progress_style(not args.no_progress),
-                                on_row=lambda rows, failed: write_so_far(rows, failed, caught))
+                                on_row=lambda rows, failed: write_so_far(rows, failed, caught),
+                                monitor=monitor)
     rows_s = time.perf_counter() - rows_began
     this_run.pop("unfinished", None)
+    this_run["calibration"] = monitor.describe()
     if warned:
         this_run["warnings"] = warned
     document.update(rows=rows, failed=failed)
@@ -215,6 +248,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unsteady:
         print(f"{unsteady} of {len(rows)} rows are unsteady (⚠, see above): run them again on a "
               f"quiet machine before reading them")
+    loaded = [r for r in rows if r["loaded"]]
+    if loaded:
+        print(f"{len(loaded)} rows were measured on a loaded machine (a calibration beside "
+              f"each ran more than {settings.load_factor}× slower than this run's quietest, "
+              f"{monitor.quietest_ms:.3g} ms; measured up to {1 + settings.load_retries} "
+              f"times): run them again on a quiet machine before reading them:")
+        for row in loaded:
+            print(f"  {row['impl']} {report.row_label(row)}: {row['ms']:.3g} ms median, "
+                  f"calibration {row['load_ratio']:.3g}× the quietest")
     if moved:
         print(f"{len(moved)} rows moved by more than {report.MOVED_FACTOR}× from today's "
               f"earlier run in {paths['json']} (one of the two runs was disturbed):")

@@ -14,20 +14,25 @@ constexpr uint32_t kZoneoutCell = 0;
 constexpr uint32_t kZoneoutHidden = 1;
 constexpr uint32_t kCandidateDropout = 2;
 
-// First output word of Philox4x32-10 for counter (index lo, index hi, kind, 0), key = seed.
-FASTRNN_HD uint32_t philox_bits(uint64_t seed, uint32_t kind, uint64_t index) {
+// The 32-bit halves of m * x.  Overloaded for SIMD lanes of words by the CPU kernels
+// (csrc/cpu/masks.h), whose overload ADL finds from philox_first_word.
+FASTRNN_HD void mulhilo(uint32_t m, uint32_t x, uint32_t& hi, uint32_t& lo) {
+  const uint64_t product = static_cast<uint64_t>(m) * x;
+  hi = static_cast<uint32_t>(product >> 32);
+  lo = static_cast<uint32_t>(product);
+}
+
+// First output word of Philox4x32-10 for counter (c0, c1, c2, c3), key = seed: the rounds written
+// once for any word type W (a uint32_t, or lanes of them with ^ and mulhilo).
+template <class W>
+FASTRNN_HD W philox_first_word(uint64_t seed, W c0, W c1, W c2, W c3) {
   uint32_t k0 = static_cast<uint32_t>(seed);
   uint32_t k1 = static_cast<uint32_t>(seed >> 32);
-  uint32_t c0 = static_cast<uint32_t>(index);
-  uint32_t c1 = static_cast<uint32_t>(index >> 32);
-  uint32_t c2 = kind;
-  uint32_t c3 = 0;
-#pragma unroll
+FASTRNN_UNROLL
   for (int round = 0; round < 10; ++round) {
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
-    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
-    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    W hi0, lo0, hi1, lo1;
+    mulhilo(0xD2511F53u, c0, hi0, lo0);
+    mulhilo(0xCD9E8D57u, c2, hi1, lo1);
     c0 = hi1 ^ c1 ^ k0;
     c1 = lo1;
     c2 = hi0 ^ c3 ^ k1;
@@ -36,6 +41,12 @@ FASTRNN_HD uint32_t philox_bits(uint64_t seed, uint32_t kind, uint64_t index) {
     k1 += 0xBB67AE85u;
   }
   return c0;
+}
+
+// First output word of Philox4x32-10 for counter (index lo, index hi, kind, 0), key = seed.
+FASTRNN_HD uint32_t philox_bits(uint64_t seed, uint32_t kind, uint64_t index) {
+  return philox_first_word<uint32_t>(seed, static_cast<uint32_t>(index),
+                                     static_cast<uint32_t>(index >> 32), kind, 0u);
 }
 
 // True where the element is hit (zoned out / dropped): probability threshold / 2^24, the

@@ -145,7 +145,10 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
         M.record(M.CallMasks(layer=layer, direction=direction, cell=cell.name,
                              recurrent_mask=recurrent_mask, dropconnect_mask=dropconnect_mask,
                              **expanded))
-    results = ops.forward(call, backend)
+    # Without a backward to come, the inference op keeps nothing of what only a backward needs.
+    save = torch.is_grad_enabled() and any(
+        isinstance(value, Tensor) and value.requires_grad for value in call)
+    results = ops.forward(call, backend, save=save)
     return results[:1 + len(cell.states)]
 
 

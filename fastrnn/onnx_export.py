@@ -10,7 +10,9 @@ needed.  They translate eval-mode calls (no mask drawn; zoneout as its expectati
   which ONNX's operator lacks, becomes the Scan below;
 * ``fastrnn::lstm_forward`` / ``gru_forward`` (layer norm, zoneout, projection) become one ONNX
   ``Scan`` over time whose body is the reference step (``fastrnn.reference``) written in ONNX
-  ops; it also emits the op's saved tensors, so the graph computes everything the op returns.
+  ops; it also emits the op's saved tensors, so the graph computes everything the op returns;
+  ``lstm_inference`` / ``gru_inference`` (what a model exported without gradients calls) become
+  the same Scan with out and the final states only.
 
 T and B stay symbolic in both.  A call with a training-mode regularizer (a mask would be drawn)
 is refused: export the model after ``model.eval()``.
@@ -333,10 +335,12 @@ def _translation(op_name: str, translate):
     return torch_op(f"fastrnn::{op_name}", trace_only=True)(namespace[name])
 
 
-def _forward_translation(cell: Cell, scan):
+def _forward_translation(cell: Cell, scan, results: int = None):
+    """The op's results from ``scan``: all of them, or the first ``results`` (the inference op:
+    out and the final states)."""
     def translate(arguments):
         _refuse_training(cell, arguments)
-        return scan(arguments)
+        return scan(arguments)[:results]
     return translate
 
 
@@ -351,6 +355,9 @@ def _native_translation(cell: Cell):
 TRANSLATIONS = {
     "lstm_forward": _translation("lstm_forward", _forward_translation(LSTM, _lstm_scan)),
     "gru_forward": _translation("gru_forward", _forward_translation(CELLS["gru"], _gru_scan)),
+    "lstm_inference": _translation("lstm_inference", _forward_translation(LSTM, _lstm_scan, 3)),
+    "gru_inference": _translation("gru_inference",
+                                  _forward_translation(CELLS["gru"], _gru_scan, 2)),
     "lstm_native": _translation("lstm_native", _native_translation(LSTM)),
     "gru_native": _translation("gru_native", _native_translation(CELLS["gru"])),
 }

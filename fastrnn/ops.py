@@ -10,6 +10,9 @@ one registered formula.  The schemas are generated from the call types of ``fast
 
 * forward: ``(*call, backend) -> (out, h_n[, c_n], *saved)``; ``saved`` are the fields of the
   cell's ``saved`` type after ``out`` (``preact``, ``cell`` or ``hidden_n``, ``stats``).
+* inference: ``(*call, backend) -> (out, h_n[, c_n])``, the forward when no gradient will be
+  taken: the backend keeps nothing for a backward (``save=False``), and the op has no autograd
+  formula.  ``fastrnn.functional`` calls it when grad mode is off or no input requires grad.
 * backward: ``(grad_out, grad_h_n[, grad_c_n], *saved, *call[1:], backend)`` -> the gradients of
   the cell's ``differentiable`` call fields; an absent optional parameter gets an empty tensor.
   The backward works from the saved tensors: ``gx`` is not an argument (backends see
@@ -26,16 +29,20 @@ docs/ops.md is the full contract.
 """
 from __future__ import annotations
 
+import functools
 import typing
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import backends
 from .cells import CELLS, Cell, cell_of
 
 _LIBRARY = torch.library.Library("fastrnn", "DEF")
+# The forward and backward ops' autograd formulas as autograd.Functions, by op name (``_function``).
+_FUNCTIONS = {}
 _SCHEMA_TYPES = {Tensor: "Tensor", Optional[Tensor]: "Tensor?", int: "int", float: "float",
                  bool: "bool"}
 
@@ -58,6 +65,11 @@ def forward_schema(cell: Cell) -> str:
     return f"({_argument_list(_call_fields(cell))}, str backend) -> ({results})"
 
 
+def inference_schema(cell: Cell) -> str:
+    results = ", ".join("Tensor" for _ in cell.native_outputs)
+    return f"({_argument_list(_call_fields(cell))}, str backend) -> ({results})"
+
+
 def backward_schema(cell: Cell) -> str:
     arguments = ([(name, Tensor) for name in _grad_names(cell)]
                  + [(name, Tensor) for name in cell.saved._fields] + _call_fields(cell)[1:])
@@ -71,9 +83,28 @@ def native_schema(cell: Cell) -> str:
     return f"({_argument_list(fields)}) -> ({results})"
 
 
-def forward(call, backend: str) -> Tuple[Tensor, ...]:
-    """Runs a recurrence call through the op: (out, h_n[, c_n], *saved)."""
-    return _forward_op(cell_of(call))(*call, backend)
+def forward(call, backend: str, save: bool = True) -> Tuple[Tensor, ...]:
+    """Runs a recurrence call through the op: (out, h_n[, c_n], *saved), or with ``save=False``
+    through the inference op, which keeps nothing for a backward: (out, h_n[, c_n])."""
+    cell = cell_of(call)
+    _refuse_forward_mode(cell, call)
+    if not save:
+        return _inference_op(cell)(*call, backend)
+    return _differentiable(_forward_op(cell))(*call, backend)
+
+
+def _refuse_forward_mode(cell: Cell, call) -> None:
+    """The ops have no forward-mode formula, and torch would drop a tangent silently (a custom
+    op's output is then a plain tensor): refuse dual inputs (torch.func.jvp / jacfwd,
+    torch.autograd.forward_ad) instead."""
+    if forward_ad._current_level < 0 and torch._C._functorch.peek_interpreter_stack() is None:
+        return   # no dual level and no torch.func transform: no tangent can be attached
+    if any(isinstance(value, Tensor) and forward_ad.unpack_dual(value).tangent is not None
+           for value in call):
+        raise RuntimeError(
+            f"fastrnn: forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad) "
+            f"through {cell.name} is not supported: the ops have no forward-mode formula; use "
+            f"reverse mode (torch.func.vjp, jacrev, grad)")
 
 
 def native(call) -> Tuple[Tensor, ...]:
@@ -83,6 +114,10 @@ def native(call) -> Tuple[Tensor, ...]:
 
 def _forward_op(cell: Cell):
     return getattr(torch.ops.fastrnn, f"{cell.name}_forward").default
+
+
+def _inference_op(cell: Cell):
+    return getattr(torch.ops.fastrnn, f"{cell.name}_inference").default
 
 
 def _native_op(cell: Cell):
@@ -118,10 +153,12 @@ def _check_layer_norm_parameters(cell: Cell, call) -> None:
 
 def _register(cell: Cell) -> None:
     forward_name, backward_name = f"{cell.name}_forward", f"{cell.name}_backward"
+    inference_name = f"{cell.name}_inference"
     _LIBRARY.define(forward_name + forward_schema(cell))
+    _LIBRARY.define(inference_name + inference_schema(cell))
     _LIBRARY.define(backward_name + backward_schema(cell))
 
-    def forward_impl(*arguments):
+    def forward_impl(*arguments, save=True):
         call, backend = _split_forward_arguments(cell, arguments)
         _check_layer_norm_parameters(cell, call)
         # The results must be the op's own tensors: autograd forbids in-place edits of a view
@@ -129,12 +166,13 @@ def _register(cell: Cell) -> None:
         # backend's result can be one: under the op's dispatch the reference's torch.stack is
         # a view of a cat.  Copying such a result costs one pass over it; others are as is.
         return tuple(result.clone() if result._is_view() else result
-                     for result in backends.forward(backend, call))
+                     for result in backends.forward(backend, call, save=save))
 
-    def forward_fake(*arguments):
+    def forward_fake(*arguments, save=True):
         call, _ = _split_forward_arguments(cell, arguments)
         _check_layer_norm_parameters(cell, call)
-        return _fake_forward(cell, call)
+        results = _fake_forward(cell, call)
+        return results if save else results[:len(cell.native_outputs)]
 
     def backward_impl(*arguments):
         grads, saved, call, backend = _split_backward_arguments(cell, arguments)
@@ -168,8 +206,8 @@ def _register(cell: Cell) -> None:
         initial = [getattr(call, f"{state}0") for state in cell.states]
         grads = [torch.zeros_like(like) if grad is None else grad
                  for grad, like in zip(output_grads, [saved.out] + initial)]
-        results = dict(zip(cell.differentiable,
-                           _backward_op(cell)(*grads, *saved, *call[1:], ctx.backend)))
+        results = dict(zip(cell.differentiable, _differentiable(_backward_op(cell))(
+            *grads, *saved, *call[1:], ctx.backend)))
         # gx is always there; an absent optional parameter has no gradient.
         return tuple(results[name] if name in results and (name == "gx" or
                                                           getattr(call, name) is not None)
@@ -183,12 +221,59 @@ def _register(cell: Cell) -> None:
                        func=forward_impl, lib=_LIBRARY)
     torch.library.impl(f"fastrnn::{backward_name}", "CompositeExplicitAutograd",
                        func=backward_impl, lib=_LIBRARY)
+    torch.library.impl(f"fastrnn::{inference_name}", "CompositeExplicitAutograd",
+                       func=functools.partial(forward_impl, save=False), lib=_LIBRARY)
+    torch.library.register_fake(f"fastrnn::{inference_name}",
+                                functools.partial(forward_fake, save=False), lib=_LIBRARY)
     torch.library.register_fake(f"fastrnn::{forward_name}", forward_fake, lib=_LIBRARY)
     torch.library.register_fake(f"fastrnn::{backward_name}", backward_fake, lib=_LIBRARY)
     torch.library.register_autograd(f"fastrnn::{forward_name}", backward_formula,
                                     setup_context=setup_context, lib=_LIBRARY)
     torch.library.register_autograd(f"fastrnn::{backward_name}", no_double_backward,
                                     setup_context=lambda ctx, inputs, output: None, lib=_LIBRARY)
+    # The same formulas as Functions for eager mode (``_differentiable``), and torch.vmap.
+    _FUNCTIONS[forward_name] = _function(_forward_op(cell), setup_context, backward_formula)
+    _FUNCTIONS[backward_name] = _function(_backward_op(cell), lambda ctx, inputs, output: None,
+                                          no_double_backward)
+    for op in (_forward_op(cell), _inference_op(cell), _backward_op(cell)):
+        torch.library.register_vmap(op, functools.partial(_vmap_rule, op), lib=_LIBRARY)
+
+
+def _function(op, setup_context, backward) -> type:
+    """``op`` with its autograd formula as an autograd.Function that has setup_context, which
+    the torch.func transforms (grad, vjp, jacrev, vmap of them) require and the Function that
+    ``register_autograd`` generates lacks.  Its forward runs the op with grad mode off."""
+    function = type(f"{op._opname}_function", (torch.autograd.Function,), dict(
+        forward=staticmethod(op), setup_context=staticmethod(setup_context),
+        backward=staticmethod(backward),
+        vmap=staticmethod(lambda info, in_dims, *arguments: _vmap_by_loop(
+            function.apply, info, in_dims, arguments))))
+    return function
+
+
+def _differentiable(op):
+    """How to call a forward or backward op with its autograd: in eager mode through its
+    Function (``_function``, so that torch.func works), under torch.compile as the op itself
+    (one opaque node whose formula ``register_autograd`` gives AOTAutograd)."""
+    if torch.compiler.is_compiling():
+        return op
+    return _FUNCTIONS[op._schema.name.split("::")[1]].apply
+
+
+def _vmap_rule(op, info, in_dims, *arguments):
+    return _vmap_by_loop(op, info, in_dims, arguments)
+
+
+def _vmap_by_loop(run, info, in_dims, arguments):
+    """torch.vmap of a recurrence op: one call per sample, results stacked along dim 0.  A
+    recurrence batches its rows already; a vmapped dimension usually batches weights too (per-
+    sample gradients, ensembles), which one call cannot share, so this loops in Python."""
+    results = []
+    for index in range(info.batch_size):
+        results.append(run(*(argument if dim is None else argument.select(dim, index)
+                             for argument, dim in zip(arguments, in_dims))))
+    stacked = tuple(torch.stack(column) for column in zip(*results))
+    return stacked, (0,) * len(stacked)
 
 
 def _fake_forward(cell: Cell, call) -> Tuple[Tensor, ...]:

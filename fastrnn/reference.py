@@ -195,48 +195,55 @@ def _keep_if(active, new, old):
     return new if active is None else torch.where(active, new, old)
 
 
-def lstm_sequence(call: LSTMCall, masks: MaskSource):
+def lstm_sequence(call: LSTMCall, masks: MaskSource, save: bool = True):
     """Runs an LSTM layer over call.gx [T, B, 4H] (h and out P-sized under a projection).
 
-    Returns (out, h_n, c_n, preact, cell, stats) with the shapes of ``fastrnn::lstm_forward``.
+    Returns (out, h_n, c_n, preact, cell, stats) with the shapes of ``fastrnn::lstm_forward``, or
+    with ``save=False`` only (out, h_n, c_n), keeping nothing else per step.
     Steps t >= lengths[b] leave the state unchanged and emit zeros (their saved rows are zero).
     """
     gx = call.gx
     steps, batch = gx.shape[0], gx.shape[1]
     h, c = call.h0, call.c0.to(accumulate_dtype(gx.dtype))
-    outs: List[Tensor] = [None] * steps
+    out = gx.new_zeros(steps, batch, h.shape[-1])
     preacts, cells, stats = [None] * steps, [None] * steps, [None] * steps
     for t in _time_order(steps, call.reverse):
         h_t, c_t, a, step_stats = lstm_step(call, gx[t], h, c, StepMasks(call, masks, t))
         active = _active(call.lengths, t)
-        outs[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
-        preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
-        cells[t] = _keep_if(active, c_t, torch.zeros_like(c_t))
-        stats[t] = _stack_stats(step_stats, batch, active, gx.device)
+        out[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
+        if save:
+            preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
+            cells[t] = _keep_if(active, c_t, torch.zeros_like(c_t))
+            stats[t] = _stack_stats(step_stats, batch, active, gx.device)
         h, c = _keep_if(active, h_t, h), _keep_if(active, c_t, c)
-    return (torch.stack(outs), h, c.to(gx.dtype), torch.stack(preacts), torch.stack(cells),
-            torch.stack(stats))
+    if not save:
+        return out, h, c.to(gx.dtype)
+    return out, h, c.to(gx.dtype), torch.stack(preacts), torch.stack(cells), torch.stack(stats)
 
 
-def gru_sequence(call: GRUCall, masks: MaskSource):
+def gru_sequence(call: GRUCall, masks: MaskSource, save: bool = True):
     """Runs a GRU layer over call.gx [T, B, 3H].
 
-    Returns (out, h_n, preact, hidden_n, stats) with the shapes of ``fastrnn::gru_forward``.
+    Returns (out, h_n, preact, hidden_n, stats) with the shapes of ``fastrnn::gru_forward``, or
+    with ``save=False`` only (out, h_n).
     """
     gx = call.gx
     steps, batch = gx.shape[0], gx.shape[1]
     h = call.h0
-    outs: List[Tensor] = [None] * steps
+    out = gx.new_zeros(steps, batch, h.shape[-1])
     preacts, hidden_ns, stats = [None] * steps, [None] * steps, [None] * steps
     for t in _time_order(steps, call.reverse):
         h_t, a, hh_n, step_stats = gru_step(call, gx[t], h, StepMasks(call, masks, t))
         active = _active(call.lengths, t)
-        outs[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
-        preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
-        hidden_ns[t] = _keep_if(active, hh_n, torch.zeros_like(hh_n)).to(gx.dtype)
-        stats[t] = _stack_stats(step_stats, batch, active, gx.device)
+        out[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
+        if save:
+            preacts[t] = _keep_if(active, a, torch.zeros_like(a)).to(gx.dtype)
+            hidden_ns[t] = _keep_if(active, hh_n, torch.zeros_like(hh_n)).to(gx.dtype)
+            stats[t] = _stack_stats(step_stats, batch, active, gx.device)
         h = _keep_if(active, h_t, h)
-    return torch.stack(outs), h, torch.stack(preacts), torch.stack(hidden_ns), torch.stack(stats)
+    if not save:
+        return out, h
+    return out, h, torch.stack(preacts), torch.stack(hidden_ns), torch.stack(stats)
 
 
 def _stack_stats(step_stats: List[Tensor], batch: int, active, device) -> Tensor:

@@ -5,8 +5,8 @@
 # torch==2.13.0 is installed. Each step is said on stderr as it starts.
 #
 # The installation is redone only when something it depends on changed: .venv/.fastrnn-setup
-# holds a hash of pyproject.toml, setup.py, csrc/ (a CUDA machine compiles it into fastrnn._C at
-# install), the extras, the Python, the torch, and the fastrnn installation itself (so an
+# holds a hash of pyproject.toml, setup.py, csrc/ (compiled at install into fastrnn._cpu, and on a
+# CUDA machine into fastrnn._C), the extras, the Python, the torch, and the fastrnn installation itself (so an
 # uninstalled or moved one is redone). Python edits need no reinstall: the install is editable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ import hashlib, importlib.metadata as metadata, os, pathlib, sys
 # fastrnn.egg-info left by `pip wheel .` would stand in for the installed distribution.
 sys.path = [entry for entry in sys.path if entry not in ("", os.getcwd())]
 digest = hashlib.sha256()
-csrc = sorted(p for p in pathlib.Path("csrc").iterdir() if p.is_file())
+csrc = sorted(p for p in pathlib.Path("csrc").rglob("*") if p.is_file())
 for path in [pathlib.Path("pyproject.toml"), pathlib.Path("setup.py"), *csrc]:
     digest.update(str(path).encode() + b"\0" + path.read_bytes())
 try:

@@ -202,7 +202,7 @@ import torch  # noqa: E402
 import fastrnn  # noqa: E402
 from bench import run as bench_run  # noqa: E402
 from bench.data import input_sets, master_parameters  # noqa: E402
-from bench.grid import CELLS as BENCH_CELLS  # noqa: E402
+from bench.grid import CELLS as BENCH_CELLS, GPU_CELLS  # noqa: E402
 from bench.implementations import FastrnnBackend  # noqa: E402
 from bench.measure import step as bench_step  # noqa: E402
 from fastrnn.backends import triton_backend  # noqa: E402
@@ -219,7 +219,7 @@ def bench_args(shape) -> list:
     """bench.run's arguments for the rows of one headline shape, every cell and mode."""
     B, H, T, dtype = shape
     return ["-B", str(B), "-H", str(H), "-T", str(T), "--dtypes", str(dtype)[6:],
-            "--cells", ",".join(BENCH_CELLS), "--modes", BENCH_MODES]
+            "--cells", ",".join(GPU_CELLS), "--modes", BENCH_MODES]
 
 
 def _synchronize(device):
@@ -285,7 +285,7 @@ def smoke_one(run, device):
 
 def headline_runs(shapes=HEADLINE_SHAPES):
     return [(f"{cell} B={B} H={H} T={T} {str(dtype)[6:]} bidirectional lengths",
-             (cell, B, H, T, dtype)) for B, H, T, dtype in shapes for cell in BENCH_CELLS]
+             (cell, B, H, T, dtype)) for B, H, T, dtype in shapes for cell in GPU_CELLS]
 
 
 def _headline_module(cell, hidden, dtype, device, backend):

@@ -23,10 +23,11 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def compiled_backends(device=DEVICE, dtype=torch.float32):
-    """The compiled backends ("triton", "cuda") that run ``dtype`` on ``device`` here: on a CPU
-    machine Triton under TRITON_INTERPRET=1, on a GPU machine those built for it."""
+    """The compiled backends ("cpu", "triton", "cuda") that run ``dtype`` on ``device`` here: on
+    a CPU machine the C++ kernels of "cpu" (where a compiler builds them) and Triton under
+    TRITON_INTERPRET=1, on a GPU machine those built for it."""
     names = []
-    for name in ("triton", "cuda"):
+    for name in ("cpu", "triton", "cuda"):
         backend = fastrnn.backends.get(name)
         if (backend.unavailable() is None
                 and backend.unsupported(torch.device(device), dtype) is None):

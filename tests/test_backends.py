@@ -37,9 +37,18 @@ def test_auto_on_cuda(every_backend_runs_here, request_, expected):
     assert backends.resolve("auto", CUDA, torch.float32, request_) == expected
 
 
-@pytest.mark.parametrize("plain, expected", [(True, NATIVE), (False, "reference")])
+@pytest.mark.parametrize("plain, expected", [(True, NATIVE), (False, "cpu")])
 def test_auto_on_cpu(plain, expected):
+    if backends.get("cpu").unavailable() is not None:
+        expected = "reference" if expected == "cpu" else expected
     assert backends.resolve("auto", CPU, torch.float64, Request(plain=plain)) == expected
+
+
+def test_auto_on_cpu_falls_back_to_the_reference(monkeypatch):
+    """float16, or no compiler to build "cpu": the reference runs it."""
+    assert backends.resolve("auto", CPU, torch.float16, Request(plain=False)) == "reference"
+    monkeypatch.setattr(backends.get("cpu"), "unavailable", lambda: "no C++ compiler")
+    assert backends.resolve("auto", CPU, torch.float32, Request(plain=False)) == "reference"
 
 
 def test_the_cuda_table_is_read_first_rule_first(every_backend_runs_here, monkeypatch):
@@ -84,7 +93,7 @@ def test_a_backend_without_a_feature_gets_its_fields_as_none(monkeypatch):
     w_hr None; the gradients they return lack d w_hr, which comes back empty."""
     seen = {}
 
-    def forward(call):
+    def forward(call, save=True):
         seen["forward"] = call
         return ("forward results",)
 

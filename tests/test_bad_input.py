@@ -16,7 +16,8 @@ def no_kernel_runs(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("a kernel ran before the bad input was rejected")
 
-    monkeypatch.setattr(backends.get("reference"), "forward", reached)
+    for name in ("reference", "cpu"):
+        monkeypatch.setattr(backends.get(name), "forward", reached)
     monkeypatch.setattr(backends.get("native"), "run", reached)
 
 
@@ -243,7 +244,7 @@ def test_ln_groups_must_be_one_or_gate_count():
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', "
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'reference', 'cpu', "
                                          r"'triton', 'cuda', 'native'\), got 'cudnn'"):
         fastrnn.LSTM(3, 4, backend="cudnn")
 
@@ -274,7 +275,7 @@ def test_forget_bias_must_be_finite(value):
         fastrnn.LSTM(3, 4, forget_bias=value)
 
 
-@pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["native", "reference"])
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}], ids=["native", "fused"])
 def test_the_guard_catches_a_kernel_call(options):
     """The autouse guard is live: a valid call does reach the (patched) kernel."""
     with pytest.raises(AssertionError, match="a kernel ran"):

@@ -1,9 +1,10 @@
 """The benchmark harness on a tiny CPU grid: result files, their schema, the baseline's name,
 missing implementations, the torch loop, the accuracy column against float64, the spread of
-the timed calls, CPU peak memory, the plot's axes, progress lines and the compile budget.
-Nothing here asserts a timing."""
+the timed calls, load detection (with a fake calibration), CPU peak memory, the plot's axes,
+progress lines and the compile budget.  Nothing here asserts a timing."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import glob
 import json
@@ -16,14 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-from bench import report, run, suite
+from bench import measure, report, run, suite
 from bench.compiled import ReferenceCompiled
 from bench.data import input_sets, master_parameters
-from bench.grid import CELLS, PRESETS, Cell, Workload, build_grid
-from bench.implementations import ReferenceEager, TorchNN, float64_reference
+from bench.grid import CELLS, CPU_CELLS, PRESETS, Cell, Workload, build_grid
+from bench.implementations import (Implementation, Measurement, ReferenceEager, TorchNN,
+                                   float64_reference)
 from bench.loop import TorchLoop, loop_module, loop_prepared
-from bench.measure import (UNSTEADY_MEDIAN_OVER_MIN, Prepared, Settings, cpu_peak_bytes, errors,
-                           peak_memory_bytes, seeded_result, step, unsteady)
+from bench.measure import (UNSTEADY_MEDIAN_OVER_MIN, LoadMonitor, Prepared, Settings,
+                           cpu_peak_bytes, errors, load_ratio, loaded, peak_memory_bytes,
+                           seeded_result, step, unsteady)
 
 BENCH_DIR = os.path.dirname(run.__file__)
 
@@ -42,7 +45,9 @@ ROW_FIELDS = {"impl": str, "cell": str, "B": int, "H": int, "T": int, "dtype": s
               "max_rel_err": MAYBE_NUMBER, "ratio_vs_cudnn": MAYBE_NUMBER,
               "ratio_vs_loop": MAYBE_NUMBER, "ratio_vs_eager": MAYBE_NUMBER,
               "compile_s": MAYBE_NUMBER, "repeats": int, "ms_min": MAYBE_NUMBER,
-              "ms_max": MAYBE_NUMBER, "unsteady": bool, "note": (str, type(None))}
+              "ms_max": MAYBE_NUMBER, "unsteady": bool, "note": (str, type(None)),
+              "loaded": bool, "load_ratio": MAYBE_NUMBER, "tries": int,
+              "calibration_ms": (list, type(None))}
 CPU = torch.device("cpu")
 
 
@@ -95,7 +100,18 @@ def test_result_json_follows_the_schema(smoke):
         # CPU peak memory from the profiler's allocation events: every step allocates at
         # least its output [T, B, H].
         assert row["peak_mem_bytes"] >= row["T"] * row["B"] * row["H"] * 4, row
+        # On CPU every row is calibrated before and after: the real calibration, judged.
+        assert len(row["calibration_ms"]) == 2 and all(c > 0 for c in row["calibration_ms"])
+        assert 1 <= row["tries"] <= 3 and row["load_ratio"] >= 1.0
     assert "profiler" in document["peak_mem"]
+    calibration = document["runs"][-1]["calibration"]
+    assert "tanh(y @ A)" in calibration["what"] and calibration["active"]
+    assert calibration["threads"] == torch.get_num_threads()
+    # Judged against the run's quietest (which may come from a try that was not kept).
+    for row in document["rows"]:
+        assert row["load_ratio"] == pytest.approx(max(row["calibration_ms"])
+                                                  / calibration["quietest_ms"])
+        assert row["loaded"] == (row["load_ratio"] > Settings().load_factor)
 
 
 def test_the_baseline_is_named_for_what_it_is_on_cpu(smoke, capsys):
@@ -157,8 +173,11 @@ def test_missing_implementations_are_listed_with_reasons(smoke):
     for name in ("fastrnn-triton", "fastrnn-cuda", "flashrnn", "haste"):
         if name in ("flashrnn", "haste") and name not in missing:
             continue  # a peer installed on this machine is not missing, only GPU-less
-        assert "GPU" in missing[name] or "not importable" in missing[name], missing[name]
-    assert not any(r["impl"].startswith("fastrnn-") for r in smoke[3]["rows"])
+        assert ("GPU" in missing[name] or "not importable" in missing[name]
+                or "without CUDA" in missing[name] or "runs nothing here" in missing[name]), \
+            missing[name]
+    # The CPU backend's rows are real results on a CPU machine; no GPU backend has one.
+    assert {r["impl"] for r in smoke[3]["rows"] if r["impl"].startswith("fastrnn-")} <= {"fastrnn-cpu"}
 
 
 def test_cpu_run_does_not_publish_into_results(tmp_path, monkeypatch):
@@ -339,9 +358,10 @@ def test_the_loop_is_the_users_code():
 
 
 def test_the_loop_runs_the_regularized_and_layer_norm_cells_only():
-    assert set(TorchLoop.cells) == {"ln_lstm", "gru_reg"}
+    assert set(TorchLoop.cells) == {"ln_lstm", "ln_lstm_zo", "gru_reg"}
     jobs, _ = suite.plan(build_grid(PRESETS["cpu"]), [TorchLoop(), TorchNN(CPU)], CPU)
-    assert {j.workload.cell for j in jobs if j.impl.name == "torch-loop"} == {"ln_lstm", "gru_reg"}
+    assert {j.workload.cell for j in jobs if j.impl.name == "torch-loop"} == {"ln_lstm_zo",
+                                                                               "gru_reg"}
 
 
 # ------------------------------------------------------------------------- plot and progress
@@ -351,9 +371,10 @@ def test_the_cpu_grid_gives_every_plotted_line_more_than_two_points():
     rows = [{"impl": "x", **w.__dict__} for w in workloads]
     axis, fixed = report.plot_axis(rows)
     assert axis == "H" and set(fixed) == {"T", "B"}
-    for cell in CELLS:
+    for cell in CPU_CELLS:
         for mode in ("forward", "train"):
-            assert len({w.H for w in workloads if (w.cell, w.mode) == (cell, mode)}) > 2
+            assert len({w.H for w in workloads if (w.cell, w.mode) == (cell, mode)
+                        and (w.B, w.T) == (fixed["B"], fixed["T"])}) > 2
 
 
 def test_the_plot_follows_the_axis_that_varies():
@@ -367,7 +388,8 @@ def test_the_plot_follows_the_axis_that_varies():
 def test_progress_lines_say_what_each_row_did(capsys):
     workload = Workload("lstm", 2, 8, 4, "float32", "forward")
     jobs, _ = suite.plan([workload], [ReferenceEager(), TorchNN(CPU)], CPU)
-    suite.run_jobs(jobs, FAST, CPU, progress="lines")
+    # No reruns: a row measured again on a loaded machine prints an "[again ...]" line too.
+    suite.run_jobs(jobs, dataclasses.replace(FAST, load_retries=0), CPU, progress="lines")
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[")]
     assert len(lines) == len(jobs) == 2
     assert lines[0].startswith("[1/2] ") and "lstm B=2 H=8 T=4 float32 forward: " in lines[0]
@@ -400,6 +422,19 @@ def test_headline_table_has_the_headline_rows_and_their_floor():
     assert "| 256 |" not in table
 
 
+def test_cpu_table_puts_each_fused_row_beside_its_alternatives():
+    shape = dict(B=16, H=64, T=128, dtype="float32", mode="train")
+    rows = [dict(_row("fastrnn-cpu", "ln_lstm_zo", **shape), ms=10.0),
+            dict(_row("torch-loop", "ln_lstm_zo", **shape), ms=40.0),
+            dict(_row("torch-nn", "lstm", **shape), ms=5.0, loaded=True, load_ratio=1.5),
+            dict(_row("fastrnn-cpu", "gru", **dict(shape, H=32)), ms=1.0)]
+    table = report.cpu_table(dict(_document(rows), device="cpu x86_64 (2 cores, 1 thread)"))
+    assert "cpu x86_64 (2 cores, 1 thread)" in table
+    assert ("| RL B=16 T=128 H=64 | ln_lstm_zo | train | 10 | 40 | 5 (loaded 1.5×) | — | 0.25× "
+            "| 2.00× |") in table
+    assert "H=32" not in table and table.count("fastrnn-cpu") == 1
+
+
 def test_same_day_runs_merge_and_other_days_do_not(tmp_path):
     first = _document([_row("cudnn", "lstm"), _row("cudnn", "gru")])
     report.write(first, str(tmp_path))
@@ -427,6 +462,7 @@ def test_a_run_killed_midway_keeps_the_rows_it_finished(tmp_path, monkeypatch):
         return measure(self, *args)
 
     monkeypatch.setattr(ReferenceEager, "measure", killed_at_the_second)
+    _fake_calibration(monkeypatch, [1.0])   # a rerun for load would shift the count
     with pytest.raises(_Killed):
         run.main(TINY + ["--out-dir", str(tmp_path), "--device", "cpu"])
     files = sorted(os.listdir(tmp_path))
@@ -444,3 +480,179 @@ def test_a_run_killed_midway_keeps_the_rows_it_finished(tmp_path, monkeypatch):
         document = json.load(f)
     assert "unfinished" in document["runs"][0] and "unfinished" not in document["runs"][-1]
     assert len(document["runs"]) == 2 and len(document["rows"]) > rows_before
+
+
+# --------------------------------------------------------------------------- load detection
+
+def test_the_load_rule():
+    assert not loaded([1.0, 1.0], 1.0, 1.3)
+    assert loaded([1.0, 1.31], 1.0, 1.3)              # slow after the row
+    assert loaded([1.4, 1.0], 1.0, 1.3)               # slow before it
+    assert not loaded([1.3, 1.29], 1.0, 1.3)          # at the threshold: not
+    assert load_ratio([2.0, 3.0], 1.5) == 2.0         # the slower of the two
+    assert load_ratio([None, 2.0], 1.0) == 2.0        # the first row of a run has no "before"
+    # No calibration (CUDA): unknown, never loaded.
+    assert load_ratio([None, None], None) is None and not loaded([None, None], None, 1.3)
+
+
+def test_the_calibration_is_a_fixed_workload_that_leaves_the_masks_alone():
+    state = torch.get_rng_state()
+    first, again = measure.calibration_workload(), measure.calibration_workload()
+    assert torch.equal(first, again)
+    # Neither vanished (denormals) nor saturated (tanh's flat tails): a real computation.
+    assert 1e-3 < first.abs().mean() < 0.9 and torch.isfinite(first).all()
+    assert measure.calibration_ms() > 0
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def _fake_calibration(monkeypatch, script):
+    """Replaces the calibration: each call returns the next time of ``script`` in ms, the last
+    one from then on.  Returns the list of the times it returned."""
+    script, returned = list(script), []
+
+    def fake():
+        returned.append(script.pop(0) if len(script) > 1 else script[0])
+        return returned[-1]
+    monkeypatch.setattr(measure, "calibration_ms", fake)
+    return returned
+
+
+class _Counted(Implementation):
+    """Times nothing real: its n-th measurement is one call of n ms, so a row tells which try
+    it kept."""
+    name = "counted"
+    cells = ("lstm",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def measure(self, workload, params, inputs, settings, device):
+        self.calls += 1
+        return Measurement([float(self.calls)], None, None)
+
+
+def _run_counted(workloads, progress="off", settings=FAST, **options):
+    impl = _Counted()
+    jobs, _ = suite.plan(workloads, [impl], CPU)
+    rows, failed = suite.run_jobs(jobs, settings, CPU, progress=progress, **options)
+    assert not failed
+    return impl, rows
+
+
+TINY_LSTM = Workload("lstm", 2, 8, 4, "float32", "forward")
+
+
+def test_a_row_loaded_once_is_measured_again_and_not_flagged(monkeypatch, capsys):
+    # Before the row 1.0 ms, after it 2.0 (loaded); before the retry 1.0, after 1.0.
+    _fake_calibration(monkeypatch, [1.0, 2.0, 1.0, 1.0])
+    impl, rows = _run_counted([TINY_LSTM], progress="lines")
+    assert impl.calls == 2
+    (row,) = rows
+    assert row["ms"] == 2.0 and row["tries"] == 2           # the second try is kept
+    assert not row["loaded"] and row["load_ratio"] == 1.0
+    assert row["calibration_ms"] == [1.0, 1.0]
+    assert "try 2: the machine was loaded before" in capsys.readouterr().out
+
+
+def test_a_row_that_stays_loaded_is_flagged_with_its_quietest_try(monkeypatch):
+    # Tries: [1, 3], [2, 2], [2.5, 2.5]: all loaded against the quietest (1.0); the second
+    # has the quietest calibrations and is kept.
+    calls = _fake_calibration(monkeypatch, [1.0, 3.0, 2.0, 2.0, 2.5, 2.5])
+    impl, rows = _run_counted([TINY_LSTM])
+    assert impl.calls == 3 == 1 + Settings().load_retries and len(calls) == 6
+    (row,) = rows
+    assert row["loaded"] and row["tries"] == 3 and row["ms"] == 2.0
+    assert row["calibration_ms"] == [2.0, 2.0] and row["load_ratio"] == 2.0
+
+
+def test_load_retries_bound_the_reruns(monkeypatch):
+    _fake_calibration(monkeypatch, [1.0, 2.0])
+    impl, rows = _run_counted([TINY_LSTM], settings=Settings(
+        warmup=0, min_repeats=1, max_repeats=1, input_sets=2, load_retries=0))
+    assert impl.calls == 1 and rows[0]["loaded"] and rows[0]["tries"] == 1
+
+
+TWO_ROWS = [TINY_LSTM, dataclasses.replace(TINY_LSTM, H=16)]
+
+
+def test_rows_judged_against_a_noisier_reference_are_measured_again_at_the_end(monkeypatch,
+                                                                                capsys):
+    # The run starts loaded (2.0 ms, its quietest so far): the first row looks fine.  After the
+    # second the calibration finds 1.0 ms, so the first ran at twice the quiet time; at the end
+    # it is measured again (its 4th measurement, on a quiet machine) and replaced.
+    _fake_calibration(monkeypatch, [2.0, 2.0, 1.0])
+    seen = []
+    impl, rows = _run_counted(TWO_ROWS, progress="lines",
+                              on_row=lambda rows, failed: seen.append([r["loaded"] for r in rows]))
+    assert impl.calls == 4
+    assert seen[0] == [False]                  # judged against 2.0 ms when it was written
+    assert seen[1] == [True, False]            # the second row's retry found 1.0 ms
+    first, second = rows
+    assert first["ms"] == 4.0 and first["tries"] == 2 and not first["loaded"]
+    assert first["calibration_ms"] == [1.0, 1.0] and first["load_ratio"] == 1.0
+    assert first["peak_mem_bytes"] is None and first["repeats"] == 1
+    assert second["ms"] == 3.0 and second["tries"] == 2 and not second["loaded"]
+    assert seen[-1] == [False, False]
+    again = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[again")]
+    assert len(again) == 1 and "[again 1/1] counted lstm B=2 H=8" in again[0]
+
+
+def test_a_row_found_loaded_late_keeps_its_quieter_first_measurement(monkeypatch):
+    # As above, but the machine is loaded again (3.0 ms) when the first row is measured again:
+    # its first measurement, beside 2.0 ms calibrations, stands, flagged.
+    _fake_calibration(monkeypatch, [2.0, 2.0, 1.0, 1.0, 1.0, 3.0])
+    impl, rows = _run_counted(TWO_ROWS)
+    first = rows[0]
+    assert impl.calls == 2 + 1 + 2            # row 1, row 2 twice, row 1's two tries left
+    assert first["ms"] == 1.0 and first["calibration_ms"] == [2.0, 2.0]
+    assert first["tries"] == 3 and first["loaded"] and first["load_ratio"] == 2.0
+
+
+def test_without_retries_a_row_found_loaded_late_is_flagged(monkeypatch):
+    _fake_calibration(monkeypatch, [2.0, 2.0, 1.0])
+    impl, rows = _run_counted(TWO_ROWS, settings=Settings(
+        warmup=0, min_repeats=1, max_repeats=1, input_sets=2, load_retries=0))
+    assert impl.calls == 2
+    assert [r["loaded"] for r in rows] == [True, True]
+    assert [r["load_ratio"] for r in rows] == [2.0, 2.0]
+
+
+def test_no_calibration_and_no_rerun_where_the_monitor_is_off(monkeypatch):
+    calls = _fake_calibration(monkeypatch, [1.0, 5.0])
+    monitor = LoadMonitor(torch.device("cuda"), 1.3)    # CUDA: never calibrated
+    impl, rows = _run_counted([TINY_LSTM], monitor=monitor)
+    assert calls == [] and impl.calls == 1
+    assert rows[0]["calibration_ms"] is None and rows[0]["load_ratio"] is None
+    assert not rows[0]["loaded"] and monitor.describe()["quietest_ms"] is None
+
+
+def test_loaded_rows_are_flagged_in_the_files_and_the_summary(tmp_path, monkeypatch, capsys):
+    _fake_calibration(monkeypatch, [1.0, 2.5])     # quiet once, loaded from the first row on
+    assert run.main(["--cells", "lstm"] + TINY[2:] + [
+        "--device", "cpu", "--impls", "torch-nn,reference-eager", "--load-retries", "1",
+        "--out-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    document = json.load(open(next(tmp_path.glob("*.json"))))
+    rows = document["rows"]
+    assert len(rows) == 4                           # two impls, two modes
+    for row in rows:
+        assert row["loaded"] and row["load_ratio"] == 2.5 and row["tries"] == 2
+    this_run = document["runs"][-1]
+    assert this_run["settings"]["load_retries"] == 1
+    assert this_run["calibration"]["quietest_ms"] == 1.0
+    assert "4 rows were measured on a loaded machine" in printed
+    assert "calibration 2.5× the quietest" in printed
+    markdown = next(tmp_path.glob("*.md")).read_text()
+    assert markdown.count(" loaded 2.5× |") == 4 and "quietest 1 ms" in markdown
+
+
+def test_the_table_and_the_plot_mark_loaded_rows(tmp_path):
+    quiet = dict(_row("cudnn", "lstm"), ms_min=9.8, ms=10.0, ms_max=11.0, unsteady=False,
+                 loaded=False)
+    burdened = dict(_row("cudnn", "gru"), ms_min=9.8, ms=10.0, ms_max=11.0, unsteady=True,
+                    loaded=True, load_ratio=1.84)
+    document = _document([quiet, burdened])
+    table = report.markdown(document)
+    assert "| 9.8 / 10 / 11 ⚠ loaded 1.84× |" in table and "| 9.8 / 10 / 11 |" in table
+    report.plot(document, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

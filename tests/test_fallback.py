@@ -62,6 +62,7 @@ def _kernels_launched(monkeypatch):
     return names
 
 
+@pytest.mark.slow  # the quick tier aborts real launches in test_interleaved.py
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_an_aborted_launch_returns_the_per_step_drivers_result(cell, monkeypatch):
     c = case(cell, "everything", hidden=24)
@@ -83,6 +84,7 @@ def test_an_aborted_launch_returns_the_per_step_drivers_result(cell, monkeypatch
         assert "B=3 H=24" in message and "per-step driver" in message
 
 
+@pytest.mark.slow  # the quick tier aborts real launches in test_interleaved.py
 def test_the_configuration_is_remembered(monkeypatch):
     c = case("lstm", "layer_norm", hidden=24)
     first_out, _, warned = _train(c, PERSISTENT_SPLITS)

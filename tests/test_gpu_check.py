@@ -143,6 +143,7 @@ def test_bench_warnings_of_fastrnn_are_collected_and_others_shown():
 
 # ------------------------------------------------------------------------------ the prewarm
 
+@pytest.mark.slow  # a GPU stage's runner; the dry run and smoke runner stay quick
 def test_prewarm_compiles_each_launch_of_a_stage_into_the_cache(tmp_path):
     out, cache = tmp_path / "prewarm.jsonl", tmp_path / "cache"
     done = _run(sys.executable, "tests/gpu_stages.py", "prewarm", "--device", "cpu",
@@ -155,6 +156,7 @@ def test_prewarm_compiles_each_launch_of_a_stage_into_the_cache(tmp_path):
     assert len(os.listdir(cache)) >= 2
 
 
+@pytest.mark.slow  # a GPU stage's runner; the dry run and smoke runner stay quick
 def test_prewarm_shards_split_the_launches(tmp_path):
     def listed(shard):
         out = tmp_path / f"{shard.replace('/', 'of')}.jsonl"
@@ -169,6 +171,7 @@ def test_prewarm_shards_split_the_launches(tmp_path):
     assert sorted(first + second) == sorted(whole) and first and second
 
 
+@pytest.mark.slow  # a GPU stage's runner; the dry run and smoke runner stay quick
 def test_recorded_steps_give_the_cache_keys_of_the_stages_steps():
     """prewarm records the headline and bench runs at a short T: the kernels it compiles are
     those the full-length runs look up (T=512 and T=16 specialize alike, T=40 and T=17)."""
@@ -209,6 +212,7 @@ def test_smoke_runner_checks_variants_against_the_reference(tmp_path):
     assert all(row["first_call_s"] > 0 and row["run_s"] > 0 for row in rows)
 
 
+@pytest.mark.slow  # a GPU stage's runner; the dry run and smoke runner stay quick
 @needs_interpreter
 def test_headline_runner_compares_modules_with_the_references(tmp_path):
     out = tmp_path / "headline.jsonl"
@@ -220,6 +224,7 @@ def test_headline_runner_compares_modules_with_the_references(tmp_path):
     assert all(0 < row["worst_error"] <= row["bound"] for row in rows)
 
 
+@pytest.mark.slow  # a GPU stage's runner; the dry run and smoke runner stay quick
 @needs_interpreter
 def test_barrier_benchmark_runs_its_kernel_and_refuses_several_programs_on_cpu():
     done = _run(sys.executable, "-m", "bench.barrier", "--programs", "1", "--device", "cpu")

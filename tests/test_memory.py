@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fastrnn
+from bench.measure import cpu_peak_bytes
 
 HIDDEN, BATCH = 16, 3
 
@@ -70,15 +71,16 @@ def test_regularized_gru_saves_at_most_five_h():
     assert per_step_values(regularized_gru()) == GRU_PER_STEP
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["layer_norm_lstm", "regularized_gru"])
 def test_saved_values_grow_linearly_over_thousands_of_steps(name):
-    """Reference backend, T = 1000, 2000, 4000: each doubling adds exactly the per-(t, b)
-    count above, so the saved total is a + b·T with nothing growing faster (or hidden per
-    step) on long sequences."""
+    """The backend "auto" picks on CPU ("cpu", or the reference without a compiler), T = 1000,
+    2000, 4000: each doubling adds exactly the per-(t, b) count above, so the saved total is
+    a + b·T with nothing growing faster (or hidden per step) on long sequences."""
     model, expected = ((layer_norm_lstm(1), layer_norm_lstm_per_step(1))
                        if name == "layer_norm_lstm" else (regularized_gru(), GRU_PER_STEP))
     assert model.backend == "auto" and fastrnn.backends.resolve(
-        "auto", torch.device("cpu"), torch.float32) == "reference"
+        "auto", torch.device("cpu"), torch.float32) in ("cpu", "reference")
     for steps in (1000, 2000):
         assert per_step_values(model, steps) == expected, f"from T = {steps} to {2 * steps}"
 
@@ -89,3 +91,46 @@ def test_no_mask_is_saved():
         return fastrnn.LSTM(HIDDEN, HIDDEN, zoneout_cell=0.3, zoneout_hidden=0.3,
                             candidate_dropout=0.3)
     assert per_step_values(model().train()) == per_step_values(model().eval())
+
+
+# ------------------------------------------------------------------------------ inference
+
+# Backends whose forward keeps nothing for a backward when none will follow (``save=False``);
+# the Triton and CUDA kernels still write the saved tensors (dropped on return), so their
+# inference peak grows with T.
+SAVES_NOTHING_IN_INFERENCE = ("reference", "cpu")
+
+
+def inference_backends():
+    cpu = torch.device("cpu")
+    return [name for name in SAVES_NOTHING_IN_INFERENCE if name in fastrnn.backends.NAMES
+            and fastrnn.backends.refusal(name, cpu, torch.float32) is None]
+
+
+@pytest.mark.parametrize("backend", inference_backends())
+@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything"])
+def test_inference_keeps_only_outputs_and_states(backend, name):
+    """The inference op (what a forward without gradients runs): the peak of what the backend
+    allocates beyond out and the final states does not grow with T (O(B·H)), where the forward
+    op's grows by the saved tensors; and out and the states equal the forward op's."""
+    from support import case as make_case, make_call, make_inputs
+    from fastrnn import ops
+    extra = {}
+    for steps in (16, 64):
+        case = make_case(name.split("-")[0], name.split("-")[1], steps=steps, batch=3, hidden=8,
+                         lengths=None)
+        call = make_call(case, make_inputs(case))
+        call = call._replace(**{field: value.float() for field, value in call._asdict().items()
+                                if torch.is_tensor(value) and value.is_floating_point()})
+        results = []
+        inference = cpu_peak_bytes(
+            lambda: results.append(ops.forward(call, backend, save=False)))
+        outputs = sum(t.numel() * t.element_size() for t in results[0])
+        saving = cpu_peak_bytes(lambda: results.append(ops.forward(call, backend)))
+        for kept, full in zip(results[0], results[1]):
+            torch.testing.assert_close(kept, full, rtol=0, atol=0)
+        assert len(results[0]) == 1 + len(case.spec.states)
+        extra[steps] = inference - outputs, saving - outputs
+    (short, short_saving), (long, long_saving) = extra[16], extra[64]
+    assert long - short <= 8 * 3 * 8 * 4 * 4, extra      # a few [B, G·H] float32 buffers at most
+    assert long_saving - short_saving >= 48 * 3 * 8 * 4, extra  # saving keeps ≥ H per (t, b)

@@ -33,6 +33,9 @@ CUDA_SOURCE_SUFFIXES = {".cu", ".cuh", ".h", ".cpp"}
 GIVEN_WHEEL = os.environ.get("FASTRNN_WHEEL")
 # A CUDA torch with nvcc would compile the extension into the wheel (minutes): skip it there.
 BUILD_ENV_CUDA = {"FASTRNN_BUILD_CUDA": "0"} if torch.version.cuda is not None else {}
+# The wheels built here check packaging, not compilation (tests/test_cpu_backend.py runs the
+# CPU extension): without FASTRNN_BUILD_CPU=0 each would spend a minute compiling fastrnn._cpu.
+BUILD_ENV_CPU = {"FASTRNN_BUILD_CPU": "0"}
 EXPECTED_DECISION = ("fastrnn: CUDA extension not built (FASTRNN_BUILD_CUDA=0)" if BUILD_ENV_CUDA else
                      f"fastrnn: CUDA extension not built: torch {torch.__version__} has no CUDA;")
 BUILD_TIMEOUT_S = 300
@@ -44,7 +47,7 @@ def pip_env(**extra) -> dict:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("PIP_") and key != "PYTHONDONTWRITEBYTECODE"}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    env.update(BUILD_ENV_CUDA, **extra)
+    env.update(BUILD_ENV_CUDA, **BUILD_ENV_CPU, **extra)
     return env
 
 
@@ -122,6 +125,12 @@ def repo_files(directory: str, suffixes) -> set:
     return {p.name for p in (ROOT / directory).iterdir() if p.suffix in suffixes}
 
 
+def repo_tree(directory: str, suffixes) -> set:
+    """Paths relative to ``directory`` of its files (subfolders included) with these suffixes."""
+    return {p.relative_to(ROOT / directory).as_posix() for p in (ROOT / directory).rglob("*")
+            if p.is_file() and p.suffix in suffixes}
+
+
 # ---------------------------------------------------------------------------- source checkout
 
 def test_source_checkout_builds_from_its_csrc():
@@ -144,9 +153,12 @@ def test_wheel_carries_the_cuda_sources_and_kernels_only(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"fastrnn", "fastrnn-0.1.0.dist-info"}, top_level  # no tests/, bench/, csrc/
-    shipped = lambda folder: {n.rsplit("/", 1)[1] for n in names if n.startswith(f"fastrnn/{folder}/")}
-    assert shipped("csrc") == repo_files("csrc", CUDA_SOURCE_SUFFIXES)
-    assert shipped("kernels") == repo_files("kernels", {".py"})
+    shipped = lambda folder: {n[len(f"fastrnn/{folder}/"):] for n in names
+                              if n.startswith(f"fastrnn/{folder}/")}
+    # csrc/cpu/ included: an installed copy JIT-builds fastrnn._cpu from them.
+    assert shipped("csrc") == repo_tree("csrc", CUDA_SOURCE_SUFFIXES)
+    assert any(name.startswith("cpu/") for name in shipped("csrc"))
+    assert shipped("kernels") == repo_tree("kernels", {".py"})
     assert not [n for n in names if "/tests/" in n or "/bench/" in n or n.endswith((".so", ".pyc"))]
 
 
@@ -166,8 +178,9 @@ def test_wheel_metadata_license_and_dependencies(wheel):
 def test_installed_copy_finds_its_own_sources(installed, tmp_path):
     facts = run_python(
         "import json, fastrnn\n"
-        "from fastrnn.backends import cuda_build, cuda_backend\n"
+        "from fastrnn.backends import cpu_build, cuda_build, cuda_backend\n"
         "print(json.dumps({'package': fastrnn.__file__, 'dir': str(cuda_build.source_dir()),\n"
+        "                  'cpu_dir': str(cpu_build.source_dir()),\n"
         "                  'sources': cuda_build.sources(), 'jit': cuda_build.jit_unavailable(),\n"
         "                  'backend': cuda_backend.unavailable()}))",
         cwd=tmp_path, PYTHONPATH=str(installed))
@@ -176,6 +189,7 @@ def test_installed_copy_finds_its_own_sources(installed, tmp_path):
     assert Path(facts["dir"]) == package / "csrc"
     assert {Path(p).name for p in facts["sources"]} == repo_files("csrc", {".cu", ".cpp"})
     assert all(Path(p).parent == package / "csrc" for p in facts["sources"])
+    assert Path(facts["cpu_dir"]) == package / "csrc"  # the C++ kernels, for a JIT build
     if torch.version.cuda is None:
         assert facts["jit"] == facts["backend"] == cuda_build.torch_without_cuda()
         assert "built without CUDA" in facts["jit"]
@@ -283,17 +297,30 @@ def test_setup_stamp_reads_the_installed_distribution(tmp_path):
 
 # ----------------------------------------------------------------------------- scripts/test.sh
 
+QUICK, SLOW = ["-m", "not slow"], ["-m", "slow"]
+
+
 @pytest.mark.parametrize("given,expected", [
-    ([], ["-q"]),
-    (["-q", "tests/test_x.py"], ["-q", "tests/test_x.py"]),
-    (["-v", "-k", "lstm"], ["-v", "-k", "lstm"]),
-    (["--verbosity=2"], ["--verbosity=2"]),
-    (["-x", "tests/test_x.py"], ["-q", "-x", "tests/test_x.py"]),
-], ids=["nothing", "quiet", "verbose", "verbosity", "other_flags"])
-def test_test_script_passes_one_verbosity(tmp_path, given, expected):
-    """scripts/test.sh adds -q only when the caller sets no verbosity: its -q beside a caller's
-    -q is pytest's -qq, which hides the summary line.  Run in a copy whose setup.sh does nothing
-    and whose .venv's python prints the arguments it gets."""
+    ([], ["-q", *QUICK, "WORKERS"]),
+    (["-q", "-x"], [*QUICK, "WORKERS", "-q", "-x"]),
+    (["-v", "-k", "lstm"], [*QUICK, "WORKERS", "-v", "-k", "lstm"]),
+    (["--verbosity=2"], [*QUICK, "WORKERS", "--verbosity=2"]),
+    (["--slow"], ["-q", *SLOW, "WORKERS"]),
+    (["--all", "-x"], ["-q", "WORKERS", "-x"]),
+    (["-m", "gpu"], ["-q", "WORKERS", "-m", "gpu"]),
+    (["tests/test_x.py"], ["-q", "WORKERS", "tests/test_x.py"]),
+    (["-n", "0", "-x"], ["-q", *QUICK, "-n", "0", "-x"]),
+], ids=["nothing", "quiet", "verbose", "verbosity", "slow", "all", "marker", "named", "workers"])
+def test_test_script_arguments(tmp_path, given, expected):
+    """scripts/test.sh: the quick tier unless --slow, --all, a marker expression or named tests
+    say otherwise; -q only when the caller sets no verbosity (its -q beside a caller's -q is
+    pytest's -qq, which hides the summary line); xdist workers unless the caller sets them.  Run
+    in a copy whose setup.sh does nothing and whose .venv's python prints the arguments it gets
+    (and so also "imports" xdist)."""
+    cores = min(4, len(os.sched_getaffinity(0)))
+    expected = [part for item in expected
+                for part in ((["-n", str(cores)] if cores > 1 else []) if item == "WORKERS"
+                             else [item])]
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "test.sh", tmp_path / "scripts" / "test.sh")
     (tmp_path / "scripts" / "setup.sh").write_text("exit 0\n")
@@ -303,7 +330,9 @@ def test_test_script_passes_one_verbosity(tmp_path, given, expected):
     python = bin_dir / "python"
     python.write_text("#!/usr/bin/env bash\nprintf '%s\\n' \"$@\"\n")
     python.chmod(0o755)
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "FASTRNN_TEST_WORKERS"}
     result = subprocess.run(["bash", str(tmp_path / "scripts" / "test.sh"), *given],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, env=environment)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["-m", "pytest", *expected]

@@ -36,6 +36,9 @@ from fastrnn.backends.fused import poisoned_outputs
 from fastrnn.cells import CELLS
 from support import DEVICE, assert_close, check_call_against_reference, compiled_backends
 
+# The exhaustive tier (scripts/test.sh --slow): random module configurations, minutes.
+pytestmark = pytest.mark.slow
+
 
 def ci_settings(examples: int):
     return settings(max_examples=int(os.environ.get("FASTRNN_PROPERTY_EXAMPLES", examples)),

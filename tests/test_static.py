@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+# The exhaustive tier (scripts/test.sh --slow): every kernel variant compiled for sm_90, minutes.
+pytestmark = pytest.mark.slow
+
 triton = pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]

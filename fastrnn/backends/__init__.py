@@ -2,9 +2,11 @@
 
 Two kinds of backend:
 
-* the fastrnn-op backends (``NAMES``: "reference", "triton", "cuda") implement the ops
-  ``fastrnn::<cell>_forward`` / ``_backward``.  Each is a module with ``forward(call)`` (a
-  ``fastrnn.cells`` call object -> the forward op's results), ``backward(call, saved, grads)``
+* the fastrnn-op backends (``NAMES``: "reference", "cpu", "triton", "cuda") implement the ops
+  ``fastrnn::<cell>_forward`` / ``_inference`` / ``_backward``.  Each is a module with
+  ``forward(call, save=True)`` (a ``fastrnn.cells`` call object -> the forward op's results; with
+  ``save=False`` only out and the final states, keeping nothing for a backward: memory beyond them
+  O(B·H) where the kernels allow it), ``backward(call, saved, grads)``
   (-> the gradients of the cell's differentiable fields), ``unavailable()`` (None, or the reason it
   cannot run here and what to install) and ``unsupported(device, dtype)`` (None, or why it cannot
   run that device/dtype);
@@ -38,7 +40,7 @@ import torch
 
 from ..cells import CELLS, cell_of
 
-NAMES = ("reference", "triton", "cuda")
+NAMES = ("reference", "cpu", "triton", "cuda")
 NATIVE = "native"
 CHOICES = ("auto",) + NAMES + (NATIVE,)
 
@@ -154,9 +156,11 @@ def _auto_order(device: torch.device, dtype: torch.dtype, request: Request) -> T
             if rule.matches(request, dtype):
                 return rule.order
         return ("reference",)
-    # CPU: torch's own kernel (oneDNN for float32 LSTMs) is faster than the reference's loop over
-    # time steps; the fused kernels run CPU tensors only under the Triton interpreter (tests).
-    return (NATIVE, "reference")
+    # CPU: torch's own kernel (oneDNN for float32 LSTMs) for the plain cells it runs, then the
+    # fused C++ kernels of "cpu" (bench/results: several times the reference's loop over time
+    # steps), then the reference (float16, or no compiler to build "cpu"). Triton runs CPU tensors
+    # only under its interpreter (tests), never by "auto".
+    return (NATIVE, "cpu", "reference")
 
 
 def resolve(name: str, device: torch.device, dtype: torch.dtype,
@@ -231,10 +235,13 @@ def _unavailable_here(name: str) -> Optional[str]:
 
 # ------------------------------------------------------------------- running the fastrnn ops
 
-def forward(name: str, call):
-    """The forward op's results of ``call`` on backend ``name`` (which must run its features)."""
+def forward(name: str, call, save: bool = True):
+    """The forward op's results of ``call`` on backend ``name`` (which must run its features):
+    (out, *final states, *saved), or with ``save=False`` (no backward will follow) only
+    (out, *final states), the backend keeping nothing for a backward."""
     backend = _checked(name, call)
-    return tuple(backend.forward(call))
+    results = tuple(backend.forward(call, save=save))
+    return results if save else results[:1 + len(cell_of(call).states)]
 
 
 def backward(name: str, call, saved, grads):

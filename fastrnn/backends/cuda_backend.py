@@ -23,13 +23,12 @@ import torch
 from .. import masks as M
 from ..cells import CELLS, GRU, LSTM, cell_of
 from . import cuda_build
-from .fused import absent_gradient, recurrent_inputs, recurrent_weight_grad
+from .fused import Extension, absent_gradient, recurrent_inputs, recurrent_weight_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
 
-_extension = None
-_load_error: Optional[str] = None
+_extension = Extension(lambda: cuda_build.load_extension(), "CUDA extension")
 
 
 def unavailable() -> Optional[str]:
@@ -37,11 +36,11 @@ def unavailable() -> Optional[str]:
     reason = cuda_build.torch_without_cuda()
     if reason is not None:
         return reason
-    if _load_error is not None:
-        return _load_error
+    if _extension.error is not None:
+        return _extension.error
     if not torch.cuda.is_available():
         return "no CUDA device is visible (torch.cuda.is_available() is False)"
-    if _extension is not None or cuda_build.installed_extension_present():
+    if _extension.module is not None or cuda_build.installed_extension_present():
         return None
     return cuda_build.jit_unavailable()
 
@@ -57,14 +56,7 @@ def unsupported(device, dtype) -> Optional[str]:
 
 
 def _ext():
-    global _extension, _load_error
-    if _extension is None:
-        try:
-            _extension = cuda_build.load_extension()
-        except Exception as error:  # a failed build must not be retried on every call
-            _load_error = f"the CUDA extension could not be built or loaded: {error}"
-            raise RuntimeError(f"fastrnn: {_load_error}") from error
-    return _extension
+    return _extension.get()
 
 
 def _kernel_input(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -258,7 +250,9 @@ _RUNNERS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_
 CELL_NAMES = tuple(_RUNNERS)  # fastrnn.backends: the cells csrc/ has kernels for
 
 
-def forward(call):
+def forward(call, save=True):
+    # The kernels write the saved tensors as they go; without a backward they are dropped on
+    # return (a kernel variant that skips them is not written yet).
     return _RUNNERS[cell_of(call).name][0](call)
 
 

@@ -49,3 +49,23 @@ def new_output(*shape, dtype, device) -> torch.Tensor:
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+class Extension:
+    """A compiled extension loaded on first use (``load``: the installed module or a JIT build).
+    A failed build or load is remembered in ``error``, so that ``unavailable()`` reports it and
+    the build is not retried on every call."""
+
+    def __init__(self, load, what: str):
+        self._load, self._what = load, what
+        self.module = None
+        self.error: Optional[str] = None
+
+    def get(self):
+        if self.module is None:
+            try:
+                self.module = self._load()
+            except Exception as error:
+                self.error = f"the {self._what} could not be built or loaded: {error}"
+                raise RuntimeError(f"fastrnn: {self.error}") from error
+        return self.module

@@ -24,9 +24,9 @@ def unsupported(device, dtype):
     return None
 
 
-def forward(call):
+def forward(call, save=True):
     sequence, _ = R.SEQUENCES[cell_of(call).name]
-    return sequence(call, R.MaskSource(call.seed))
+    return sequence(call, R.MaskSource(call.seed), save=save)
 
 
 def backward(call, saved, grads):

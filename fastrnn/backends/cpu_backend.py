@@ -1,0 +1,165 @@
+"""The cpu backend: fused C++ recurrences for CPU tensors (``fastrnn._cpu``, csrc/cpu/).
+
+Each call runs its whole time loop in C++: per step one BLAS product of the recurrent weight
+into a preallocated buffer, then one pass over the rows, parallel over rows with torch's thread
+count, doing the layer norm, gates, regularizers and lengths with the per-element math the CUDA
+kernels share (csrc/cell_math.cuh, the masks of csrc/philox.cuh, bit for bit those of
+``fastrnn.masks``).  The backward runs the same way in reverse and forms d W_hh with one GEMM over
+every step.  float32 and float64 (gate math in the input's precision, so ``gradcheck`` runs on
+it) and bfloat16 (float32 math and state).  Without ``save`` the forward keeps only out and the
+final states, with O(B·H) workspace.
+
+This module allocates every result (``fused.new_output``, so poisoned-output tests see what a
+kernel leaves unwritten) and converts the call's tensors to what the kernels read; the build is
+``cpu_build``'s.  docs/ops.md, "The cpu backend", states threads and determinism.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from .. import masks as M
+from ..cells import cell_of
+from . import cpu_build
+from .fused import Extension, absent_gradient, new_output
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+_extension = Extension(lambda: cpu_build.load_extension(), "CPU extension fastrnn._cpu")
+_warned = False
+
+
+def unavailable() -> Optional[str]:
+    """Why the backend cannot run here (and what to install), or None.  Compiles nothing: a
+    missing extension that can be built on first use counts as available."""
+    if _extension.error is not None:
+        return _extension.error
+    if _extension.module is not None or cpu_build.installed_extension_present():
+        return None
+    reason = cpu_build.jit_unavailable()
+    if reason is not None:
+        _warn_once(reason)
+    return reason
+
+
+def _warn_once(reason: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(f"fastrnn: the 'cpu' backend cannot run here: {reason}. CPU layers with "
+                      "layer norm or regularizers run on the (much slower) reference backend",
+                      RuntimeWarning, stacklevel=3)
+
+
+def unsupported(device, dtype) -> Optional[str]:
+    if device.type != "cpu":
+        return "the CPU kernels run CPU tensors only"
+    if dtype not in DTYPES:
+        return "the CPU kernels take float32, float64 and bfloat16 (float16 runs on backend='reference')"
+    return None
+
+
+def _ext():
+    return _extension.get()
+
+
+def _cast(tensor: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """What the kernels read: contiguous, in the call's element type (a no-op when it is)."""
+    return None if tensor is None else tensor.to(dtype).contiguous()
+
+
+def _call_tensors(ext, call, dtype):
+    lengths = call.lengths
+    return ext.CallTensors(
+        w_hh=_cast(call.w_hh, dtype), b_hh=_cast(call.b_hh, dtype),
+        ln_hh_weight=_cast(call.ln_hh_weight, dtype),
+        ln_cell_weight=_cast(getattr(call, "ln_cell_weight", None), dtype),
+        ln_cell_bias=_cast(getattr(call, "ln_cell_bias", None), dtype),
+        h0=_cast(call.h0, dtype), c0=_cast(getattr(call, "c0", None), dtype),
+        lengths=None if lengths is None else lengths.to(torch.int64).contiguous(),
+        recurrent_mask=_cast(call.recurrent_mask, dtype))
+
+
+def _options(ext, call):
+    zoneout_cell = float(getattr(call, "zoneout_cell", 0.0))
+    zoneout_hidden, candidate = float(call.zoneout_hidden), float(call.candidate_dropout)
+    return ext.Options(
+        ln_groups=int(call.ln_groups), zoneout_cell=zoneout_cell, zoneout_hidden=zoneout_hidden,
+        candidate_dropout=candidate, zoneout_cell_threshold=M.threshold(zoneout_cell),
+        zoneout_hidden_threshold=M.threshold(zoneout_hidden),
+        candidate_threshold=M.threshold(candidate), training=bool(call.training),
+        reverse=bool(call.reverse), seed=int(call.seed))
+
+
+def _check_ln_groups(cell, call) -> None:
+    if call.ln_groups not in cell.ln_groups:
+        raise ValueError(f"ln_groups must be 1 or {cell.num_gates} for the {cell.name.upper()}, "
+                         f"got {call.ln_groups}")
+
+
+def forward(call, save: bool = True):
+    """(out, h_n[, c_n]) and, with ``save``, the saved tensors (``fastrnn.cells``)."""
+    cell = cell_of(call)
+    _check_ln_groups(cell, call)
+    ext = _ext()
+    gx = call.gx.contiguous()
+    dtype, device = gx.dtype, gx.device
+    steps, batch = gx.shape[0], gx.shape[1]
+    hidden, width = gx.shape[2] // cell.num_gates, call.h0.shape[-1]
+    lstm = "c" in cell.states
+    out = new_output(steps, batch, width, dtype=dtype, device=device)
+    finals = [new_output(batch, width, dtype=dtype, device=device)]
+    if lstm:
+        finals.append(new_output(batch, hidden, dtype=dtype, device=device))
+    saved = []
+    if save:
+        middle = cell.saved._fields[2]  # cell (LSTM) or hidden_n (GRU)
+        saved = [new_output(*gx.shape, dtype=dtype, device=device),
+                 new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle, dtype),
+                            device=device),
+                 new_output(steps, batch, cell.stats_width(call.ln_hh_weight is not None,
+                                                           call.ln_groups),
+                            dtype=torch.float32, device=device)]
+    ext.forward(cell=cell.name, call=_call_tensors(ext, call, dtype), options=_options(ext, call),
+                gx=gx, out=out, h_n=finals[0], c_n=finals[1] if lstm else None,
+                preact=saved[0] if save else None, middle=saved[1] if save else None,
+                stats=saved[2] if save else None)
+    return (out, *finals, *saved)
+
+
+def backward(call, saved, grads):
+    """The gradients of the cell's differentiable fields (``fastrnn.cells.Cell.differentiable``)."""
+    cell = cell_of(call)
+    _check_ln_groups(cell, call)
+    ext = _ext()
+    lstm = "c" in cell.states
+    preact = saved.preact.contiguous()
+    dtype, device = preact.dtype, preact.device
+    grad_out, grad_h_n = (_cast(g, dtype) for g in grads[:2])
+    grad_c_n = _cast(grads[2], dtype) if lstm else None
+    w_hh = call.w_hh
+
+    def like(tensor):
+        return None if tensor is None else new_output(*tensor.shape, dtype=tensor.dtype, device=device)
+
+    present = [("b_hh", call.b_hh), ("ln_hh_weight", call.ln_hh_weight)]
+    if lstm:
+        present += [("ln_cell_weight", call.ln_cell_weight), ("ln_cell_bias", call.ln_cell_bias)]
+    params = {name: like(tensor) for name, tensor in present}
+    d_gx = new_output(*preact.shape, dtype=dtype, device=device)
+    d_w_hh, d_h0 = like(w_hh), like(call.h0)
+    d_c0 = like(call.c0) if lstm else None
+    ext.backward(cell=cell.name, call=_call_tensors(ext, call, dtype), options=_options(ext, call),
+                 grad_out=grad_out, grad_h_n=grad_h_n, grad_c_n=grad_c_n,
+                 out=saved.out.contiguous(), preact=preact,
+                 middle=saved[2].contiguous(), stats=saved.stats.contiguous(), d_gx=d_gx,
+                 d_w_hh=d_w_hh, d_b_hh=params["b_hh"], d_ln_hh_weight=params["ln_hh_weight"],
+                 d_ln_cell_weight=params.get("ln_cell_weight"),
+                 d_ln_cell_bias=params.get("ln_cell_bias"), d_h0=d_h0, d_c0=d_c0)
+    grads_of_params = [absent_gradient(w_hh) if grad is None else grad for grad in params.values()]
+    return (d_gx, d_w_hh, *grads_of_params, d_h0, *([d_c0] if lstm else []))
+
+
+CELL_NAMES = ("lstm", "gru")  # fastrnn.backends: the cells csrc/cpu/ has kernels for
