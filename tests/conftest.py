@@ -66,11 +66,12 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter, config):
     """Under the quick tier (scripts/test.sh's ``-m "not slow"``) say what was left out and how
-    to run it, so that a green quick run is not taken for the whole suite."""
+    to run it, so that a green quick run is not taken for the whole suite.  (Under pytest-xdist
+    the workers deselect, so the controller may not know how many.)"""
     if config.getoption("markexpr", "") != "not slow":
         return
     deselected = len(terminalreporter.stats.get("deselected", []))
-    if deselected:
-        terminalreporter.write_line(
-            f"quick tier: {deselected} tests of the exhaustive tier were not run; "
-            f"`bash scripts/test.sh --slow` runs them (README: how long each tier takes)")
+    left_out = f"{deselected} tests" if deselected else "the tests"
+    terminalreporter.write_line(
+        f"quick tier: {left_out} of the exhaustive tier were not run; "
+        f"`bash scripts/test.sh --slow` runs them (README: how long each tier takes)")

@@ -202,9 +202,9 @@ class RecordedCalls:
     def __enter__(self):
         self.calls, self._forward = [], ops.forward
 
-        def recording(call, backend):
+        def recording(call, backend, save=True):
             self.calls.append(call)
-            return self._forward(call, backend)
+            return self._forward(call, backend, save=save)
 
         ops.forward = recording
         return self.calls
