@@ -23,7 +23,7 @@ import torch
 from .. import masks as M
 from ..cells import cell_of
 from . import cpu_build
-from .fused import Extension, absent_gradient, new_output
+from .fused import Extension, absent_gradient, check_ln_groups, new_output
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -93,16 +93,10 @@ def _options(ext, call):
         reverse=bool(call.reverse), seed=int(call.seed))
 
 
-def _check_ln_groups(cell, call) -> None:
-    if call.ln_groups not in cell.ln_groups:
-        raise ValueError(f"ln_groups must be 1 or {cell.num_gates} for the {cell.name.upper()}, "
-                         f"got {call.ln_groups}")
-
-
 def forward(call, save: bool = True):
     """(out, h_n[, c_n]) and, with ``save``, the saved tensors (``fastrnn.cells``)."""
     cell = cell_of(call)
-    _check_ln_groups(cell, call)
+    check_ln_groups(call)
     ext = _ext()
     gx = call.gx.contiguous()
     dtype, device = gx.dtype, gx.device
@@ -132,7 +126,7 @@ def forward(call, save: bool = True):
 def backward(call, saved, grads):
     """The gradients of the cell's differentiable fields (``fastrnn.cells.Cell.differentiable``)."""
     cell = cell_of(call)
-    _check_ln_groups(cell, call)
+    check_ln_groups(call)
     ext = _ext()
     lstm = "c" in cell.states
     preact = saved.preact.contiguous()

@@ -23,7 +23,8 @@ import torch
 from .. import masks as M
 from ..cells import CELLS, GRU, LSTM, cell_of
 from . import cuda_build
-from .fused import Extension, absent_gradient, recurrent_inputs, recurrent_weight_grad
+from .fused import (Extension, absent_gradient, check_ln_groups, recurrent_inputs,
+                    recurrent_weight_grad)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
@@ -77,8 +78,7 @@ class _Call:
         zoneout_cell = getattr(call, "zoneout_cell", 0.0)
         zoneout_hidden, candidate_dropout = call.zoneout_hidden, call.candidate_dropout
         gates = CELLS[cell].num_gates
-        if ln_groups not in (1, gates):
-            raise ValueError(f"ln_groups must be 1 or {gates} for the {cell.upper()}, got {ln_groups}")
+        check_ln_groups(call)
         self.cell, self.backward, self.device = cell, backward, gx_like.device
         self.steps, self.batch, self.hidden = gx_like.shape[0], gx_like.shape[1], w_hh.shape[1]
         self.gates = gates

@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..cells import cell_of
 from ..reference import previous_states
 
 
@@ -69,3 +70,12 @@ class Extension:
                 self.error = f"the {self._what} could not be built or loaded: {error}"
                 raise RuntimeError(f"fastrnn: {self.error}") from error
         return self.module
+
+
+def check_ln_groups(call) -> None:
+    """The compiled kernels normalize the gate vector as one group or per gate
+    (``Cell.ln_groups``); any other count is refused before a kernel runs."""
+    cell = cell_of(call)
+    if call.ln_groups not in cell.ln_groups:
+        raise ValueError(f"ln_groups must be 1 or {cell.num_gates} for the {cell.name.upper()}, "
+                         f"got {call.ln_groups}")
