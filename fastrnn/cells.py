@@ -61,6 +61,10 @@ class LSTMCall(NamedTuple):
     # fields before them keep their positions for a backend that does not run the feature
     # (``fastrnn.backends`` hands such a backend the call without them).
     w_hr: Optional[Tensor] = None     # [P, H] h_t = W_hr (σ(o) ⊙ tanh(·)); None: no projection
+    resets: Optional[Tensor] = None   # [T, B] bool: step t reads (h_reset, c_reset), not the
+    #                                   state the row's previous step (in the call's order) left
+    h_reset: Optional[Tensor] = None  # [B, P] the state an episode starts from (given with resets)
+    c_reset: Optional[Tensor] = None  # [B, H]
 
 
 class GRUCall(NamedTuple):
@@ -78,6 +82,8 @@ class GRUCall(NamedTuple):
     candidate_dropout: float
     training: bool
     reverse: bool
+    resets: Optional[Tensor] = None   # [T, B] bool (LSTMCall.resets)
+    h_reset: Optional[Tensor] = None  # [B, H]
 
 
 class InputProjection(NamedTuple):
@@ -122,7 +128,8 @@ class Cell:
     zoneout: Dict[str, str]            # module option -> call field
     step_masks: Dict[str, int]         # call field of a probability -> the per-step mask it draws
     step_mask_states: Dict[str, str]   # call field of a per-step mask -> the state whose width it has
-    features: Dict[str, str]           # optional torch.nn feature -> the call field that turns it on
+    features: Dict[str, str]           # optional feature -> the call field that turns it on
+    feature_gradients: Dict[str, Tuple[str, ...]]  # optional feature -> its differentiable fields
     projected_states: Tuple[str, ...]  # the states whose width is P under the projection
     native_fields: Tuple[str, ...]     # the call fields torch's own kernel takes (torch.nn's cell)
 
@@ -160,7 +167,19 @@ class Cell:
     def differentiable(self) -> Tuple[str, ...]:
         """Call fields with a gradient, in the order the backward op returns them."""
         return (("gx", "w_hh", "b_hh") + self.norm_parameters
-                + tuple(f"{s}0" for s in self.states) + tuple(self.features.values()))
+                + tuple(f"{s}0" for s in self.states)
+                + tuple(field for feature in self.features
+                        for field in self.feature_gradients[feature]))
+
+    @property
+    def reset_states(self) -> Tuple[str, ...]:
+        """The call fields of the states a reset starts from: h_reset (and c_reset)."""
+        return tuple(f"{s}_reset" for s in self.states)
+
+    @property
+    def native_features(self) -> Tuple[str, ...]:
+        """The feature fields torch's own kernel takes too (the LSTM's w_hr)."""
+        return tuple(field for field in self.features.values() if field in self.native_fields)
 
     def features_of(self, call) -> FrozenSet[str]:
         """The optional features (``features``) that ``call`` uses."""
@@ -212,7 +231,9 @@ LSTM = Cell(
                 "candidate_dropout": M.CANDIDATE_DROPOUT},
     # zoneout of h acts on the (projected) h; the candidate tanh(g) has the cell's width.
     step_mask_states={"zoneout_cell": "c", "zoneout_hidden": "h", "candidate_dropout": "c"},
-    features={"proj_size": "w_hr"}, projected_states=("h",),
+    features={"proj_size": "w_hr", "resets": "resets"},
+    feature_gradients={"proj_size": ("w_hr",), "resets": ("h_reset", "c_reset")},
+    projected_states=("h",),
     native_fields=("w_hh", "b_hh", "h0", "c0", "lengths", "reverse", "w_hr"))
 
 GRU = Cell(
@@ -221,7 +242,8 @@ GRU = Cell(
     zoneout={"zoneout": "zoneout_hidden"},
     step_masks={"zoneout_hidden": M.ZONEOUT_HIDDEN, "candidate_dropout": M.CANDIDATE_DROPOUT},
     step_mask_states={"zoneout_hidden": "h", "candidate_dropout": "h"},
-    features={}, projected_states=(),
+    features={"resets": "resets"}, feature_gradients={"resets": ("h_reset",)},
+    projected_states=(),
     native_fields=("w_hh", "b_hh", "h0", "lengths", "reverse"))
 
 CELLS: Dict[str, Cell] = {cell.name: cell for cell in (LSTM, GRU)}

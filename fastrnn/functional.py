@@ -79,11 +79,29 @@ def without_padding(x: Tensor, lengths: Tensor) -> Tensor:
     return torch.where(valid.unsqueeze(-1), x, x.new_zeros(()))
 
 
+def episode_starts(resets: Tensor, lengths: Optional[Tensor], reverse: bool) -> Tensor:
+    """The op's ``resets`` [T, B] from the caller's episode starts: which steps read the reset
+    state instead of the state their predecessor in the call's order left.
+
+    A forward call reads it where an episode starts.  A reverse call runs each episode from its
+    last step, so a step reads it where the *next* step starts an episode (t + 1 < T).  Episode
+    starts at padded steps (t >= lengths[b]) are dropped first: the op holds the state there.
+    """
+    starts = resets
+    if lengths is not None:
+        valid = torch.arange(resets.shape[0], device=resets.device)[:, None] < lengths[None, :]
+        starts = starts & valid
+    if reverse:
+        starts = torch.cat([starts[1:], torch.zeros_like(starts[:1])])
+    return starts.contiguous()
+
+
 def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
                initial: Dict[str, Tensor], lengths: Optional[Tensor], *, ln_groups: int,
                step_probabilities: Dict[str, float], recurrent_dropout: float, dropconnect: float,
                training: bool, reverse: bool, backend: str, layer: int = 0,
-               direction: int = 0) -> Tuple[Tensor, ...]:
+               direction: int = 0, resets: Optional[Tensor] = None,
+               reset_states: Optional[Dict[str, Tensor]] = None) -> Tuple[Tensor, ...]:
     """x [T, B, I] -> (out [T, B, P], *final states) for one layer and direction (P = H, or
     proj_size with the LSTM's ``weight_hr``; c is H-sized).
 
@@ -91,6 +109,8 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
     present (module names without the layer suffix); ``initial``: the call fields h0 (and c0);
     ``step_probabilities``: the cell's per-step mask probabilities by call field (zoneout,
     candidate dropout).  ``backend``: a name of ``fastrnn.backends.CHOICES``, "auto" included.
+    ``resets`` [T, B] bool: the episode starts (``episode_starts``), ``reset_states`` the call
+    fields h_reset (and c_reset), the states an episode starts from [B, width].
     """
     steps, batch = x.shape[0], x.shape[1]
     if lengths is not None:
@@ -121,7 +141,11 @@ def recurrence(cell: Cell, x: Tensor, weights: Dict[str, Optional[Tensor]],
         lengths=lengths, recurrent_mask=recurrent_mask, seed=seed, ln_groups=ln_groups,
         **{field: float(p) for field, p in step_probabilities.items()},
         training=bool(training), reverse=bool(reverse),
-        **{field: weights.get(FIELD_PARAMETERS[field]) for field in cell.features.values()})
+        **{field: weights.get(FIELD_PARAMETERS[field]) for field in cell.features.values()
+           if field in FIELD_PARAMETERS})
+    if resets is not None:
+        fields.update(resets=episode_starts(resets, lengths, reverse),
+                      **{field: state.contiguous() for field, state in reset_states.items()})
     probe = cell.call(None, **fields)
     # torch's kernel has neither dropconnect (applied to W_hh above) nor the input layer norm.
     plain = (cell.is_plain(probe) and dropconnect_mask is None
@@ -160,10 +184,15 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                recurrent_dropout: float = 0.0, candidate_dropout: float = 0.0,
                dropconnect: float = 0.0, training: bool = False, reverse: bool = False,
                w_hr: Optional[Tensor] = None, backend: str = "reference", layer: int = 0,
-               direction: int = 0) -> Tuple[Tensor, Tensor, Tensor]:
+               direction: int = 0, resets: Optional[Tensor] = None,
+               h_reset: Optional[Tensor] = None,
+               c_reset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """x [T, B, I] -> (out [T, B, P], h_n [B, P], c_n [B, H]) for one LSTM layer and direction;
     P = H, or the rows of the projection ``w_hr`` [P, H] (then w_hh is [4H, P], h0 [B, P]).
 
+    ``resets`` [T, B] bool marks episode starts: the row's state is replaced there by
+    (``h_reset`` [B, P], ``c_reset`` [B, H]), zeros when not given, and no gradient crosses
+    it; with ``reverse`` each episode runs from its last step (docs/sequences.md).
     ``layer`` and ``direction`` only label the call's masks for ``fastrnn.capture_masks``."""
     weights = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
                    ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
@@ -173,7 +202,18 @@ def lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
         step_probabilities=dict(zoneout_cell=zoneout_cell, zoneout_hidden=zoneout_hidden,
                                 candidate_dropout=candidate_dropout),
         recurrent_dropout=recurrent_dropout, dropconnect=dropconnect, training=training,
-        reverse=reverse, backend=backend, layer=layer, direction=direction)
+        reverse=reverse, backend=backend, layer=layer, direction=direction, resets=resets,
+        reset_states=_reset_states(LSTM, resets, dict(h_reset=h_reset, c_reset=c_reset),
+                                   dict(h_reset=h0, c_reset=c0)))
+
+
+def _reset_states(cell: Cell, resets: Optional[Tensor], given: Dict[str, Optional[Tensor]],
+                  like: Dict[str, Tensor]) -> Optional[Dict[str, Tensor]]:
+    """The reset-state call fields: as given, else zeros shaped like the initial states."""
+    if resets is None:
+        return None
+    return {field: torch.zeros_like(like[field]) if given[field] is None else given[field]
+            for field in cell.reset_states}
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
@@ -182,12 +222,15 @@ def gru_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               ln_groups: int = 1, zoneout: float = 0.0, recurrent_dropout: float = 0.0,
               candidate_dropout: float = 0.0, dropconnect: float = 0.0, training: bool = False,
               reverse: bool = False, backend: str = "reference", layer: int = 0,
-              direction: int = 0) -> Tuple[Tensor, Tensor]:
-    """x [T, B, I] -> (out [T, B, H], h_n [B, H]) for one GRU layer and direction."""
+              direction: int = 0, resets: Optional[Tensor] = None,
+              h_reset: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """x [T, B, I] -> (out [T, B, H], h_n [B, H]) for one GRU layer and direction; ``resets``
+    and ``h_reset`` as in ``lstm_layer``."""
     weights = dict(weight_ih=w_ih, weight_hh=w_hh, bias_ih=b_ih, bias_hh=b_hh,
                    ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
     return recurrence(
         GRU, x, weights, dict(h0=h0), lengths, ln_groups=ln_groups,
         step_probabilities=dict(zoneout_hidden=zoneout, candidate_dropout=candidate_dropout),
         recurrent_dropout=recurrent_dropout, dropconnect=dropconnect, training=training,
-        reverse=reverse, backend=backend, layer=layer, direction=direction)
+        reverse=reverse, backend=backend, layer=layer, direction=direction, resets=resets,
+        reset_states=_reset_states(GRU, resets, dict(h_reset=h_reset), dict(h_reset=h0)))

@@ -67,6 +67,22 @@ class _Layout:
     def state(self, h: Tensor) -> Tensor:
         return h.squeeze(1) if self.unbatched else h
 
+    def leading_shape(self, x: Tensor) -> Tuple[int, ...]:
+        """The caller's leading dimensions of the input (what ``resets`` has), from x [T, B, I]."""
+        steps, batch = x.shape[0], x.shape[1]
+        if self.unbatched:
+            return (steps,)
+        return (batch, steps) if self.batch_first else (steps, batch)
+
+    def leading_names(self) -> str:
+        return "(T,)" if self.unbatched else "(B, T)" if self.batch_first else "(T, B)"
+
+    def time_major_resets(self, resets: Tensor) -> Tensor:
+        """resets in the caller's layout -> [T, B]."""
+        if self.unbatched:
+            return resets.unsqueeze(1)
+        return resets.t() if self.batch_first else resets
+
 
 _NOT_SCRIPTABLE = (
     "fastrnn modules do not support TorchScript ({what}): their layers are torch.library custom "
@@ -280,7 +296,7 @@ class _RecurrentBase(nn.Module):
 
     # --------------------------------------------------------------------------- forward
 
-    def forward(self, input, hx=None, lengths: Lengths = None):
+    def forward(self, input, hx=None, lengths: Lengths = None, resets: Optional[Tensor] = None):
         """The subclasses' forward: ``help(fastrnn.LSTM.forward)``, ``help(fastrnn.GRU.forward)``."""
         if torch.jit.is_tracing():  # also how the classic ONNX exporter (dynamo=False) runs it
             raise NotImplementedError(
@@ -292,6 +308,11 @@ class _RecurrentBase(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths must be None for a PackedSequence input "
                                  "(it carries its own lengths)")
+            if resets is not None:
+                raise ValueError("resets cannot be given with a PackedSequence input (its steps "
+                                 "are not laid out per (t, b)): pass the padded input with "
+                                 "lengths= instead, e.g. pad_packed_sequence(packed), and "
+                                 "resets of its padded shape")
         layout = _Layout(input, self.batch_first)
         x = layout.time_major
         steps, batch = x.shape[0], x.shape[1]
@@ -312,6 +333,9 @@ class _RecurrentBase(nn.Module):
             if layout.unbatched:
                 raise ValueError("lengths must be None for unbatched (T, input_size) input")
             lengths = V.lengths(lengths, batch, steps, x.device)
+        if resets is not None:
+            resets = layout.time_major_resets(V.resets(resets, layout.leading_shape(x),
+                                                       layout.leading_names(), x.device))
         states = self._initial_states(hx, layout, batch, x, autocasting)
         if batch == 0:
             return self._empty_result(layout, x, states, dtype)
@@ -320,9 +344,11 @@ class _RecurrentBase(nn.Module):
         cast_once = (torch.autocast(device_type, enabled=False) if autocasting
                      else contextlib.nullcontext())
         with cast_once:
+            fresh = None if resets is None else tuple(
+                s.to(dtype) for s in self._initial_states(None, layout, batch, x))
             out, finals = self._layers(x.to(dtype).contiguous(),
                                        tuple(s.to(dtype) for s in states), lengths,
-                                       self.backend, dtype)
+                                       self.backend, dtype, resets, fresh)
         return layout.output(out), self._pack_states(tuple(layout.state(f) for f in finals))
 
     def _initial_states(self, hx, layout: _Layout, batch: int, x: Tensor,
@@ -348,9 +374,11 @@ class _RecurrentBase(nn.Module):
         return tuple(x.new_zeros(count, batch, width) for width in widths)
 
     def _layers(self, x: Tensor, states: Tuple[Tensor, ...], lengths: Optional[Tensor],
-                backend: str, dtype: torch.dtype):
+                backend: str, dtype: torch.dtype, resets: Optional[Tensor] = None,
+                fresh: Optional[Tuple[Tensor, ...]] = None):
         """Runs every layer and direction; returns the last layer's output and the final
-        states stacked as (L·D, B, H)."""
+        states stacked as (L·D, B, H).  ``resets`` [T, B]: episode starts, where each layer and
+        direction restarts from ``fresh`` (the states without hx: learned or zeros)."""
         finals: List[List[Tensor]] = [[] for _ in states]
         layer_input = x
         for layer in range(self.num_layers):
@@ -359,8 +387,9 @@ class _RecurrentBase(nn.Module):
                 index = layer * self.num_directions + direction
                 weights = {name: self._cast(self._parameter(name, layer, direction), dtype)
                            for name in self._weight_names()}
-                out, *final = self._recur(layer_input, [s[index] for s in states], lengths,
-                                          weights, backend, layer, direction)
+                out, *final = self._recur(
+                    layer_input, [s[index] for s in states], lengths, weights, backend, layer,
+                    direction, resets, None if fresh is None else [s[index] for s in fresh])
                 outs.append(out)
                 for collected, value in zip(finals, final):
                     collected.append(value)
@@ -380,7 +409,8 @@ class _RecurrentBase(nn.Module):
         return (["weight_ih", "weight_hh", "bias_ih", "bias_hh"]
                 + (["weight_hr"] if self.proj_size else []) + list(self.cell.layer_norm_shapes))
 
-    def _recur(self, x, states, lengths, weights, backend, layer, direction):
+    def _recur(self, x, states, lengths, weights, backend, layer, direction, resets=None,
+               fresh=None):
         """One layer and direction: (out, *final states)."""
         return FR.recurrence(
             self.cell, x, weights,
@@ -391,7 +421,8 @@ class _RecurrentBase(nn.Module):
                                 "candidate_dropout": self.candidate_dropout},
             recurrent_dropout=self.recurrent_dropout, dropconnect=self.dropconnect,
             training=self.training, reverse=direction == 1, backend=backend, layer=layer,
-            direction=direction)
+            direction=direction, resets=resets,
+            reset_states=None if fresh is None else dict(zip(self.cell.reset_states, fresh)))
 
     def _state_arg_names(self) -> Tuple[str, ...]:
         if len(self.cell.states) == 1:
@@ -480,8 +511,8 @@ class LSTM(_RecurrentBase):
     def _extra_defaults(self):
         return {"forget_bias": 1.0}
 
-    def forward(self, input, hx=None, lengths: Lengths = None):
-        return super().forward(input, hx, lengths)
+    def forward(self, input, hx=None, lengths: Lengths = None, resets: Optional[Tensor] = None):
+        return super().forward(input, hx, lengths, resets)
 
     forward.__doc__ = _docs.forward_doc(_LSTM_DOC)
 
@@ -515,8 +546,8 @@ class GRU(_RecurrentBase):
                          learn_initial_state=learn_initial_state, residual=residual,
                          backend=backend, device=device, dtype=dtype)
 
-    def forward(self, input, hx=None, lengths: Lengths = None):
-        return super().forward(input, hx, lengths)
+    def forward(self, input, hx=None, lengths: Lengths = None, resets: Optional[Tensor] = None):
+        return super().forward(input, hx, lengths, resets)
 
     forward.__doc__ = _docs.forward_doc(_GRU_DOC)
 

@@ -346,7 +346,7 @@ def _forward_translation(cell: Cell, scan, results: int = None):
 
 def _native_translation(cell: Cell):
     def translate(arguments):
-        if any(arguments.get(field) is not None for field in cell.features.values()):
+        if any(arguments.get(field) is not None for field in cell.native_features):
             return _native_projected_lstm(arguments)
         return _native(cell, arguments)
     return translate

@@ -195,6 +195,21 @@ def _keep_if(active, new, old):
     return new if active is None else torch.where(active, new, old)
 
 
+def _starts(call, t: int) -> Optional[Tensor]:
+    """[B, 1] bool: which rows start an episode at step t, reading the reset state (None: none).
+    A row past its length holds its state whatever ``resets`` says there."""
+    if call.resets is None:
+        return None
+    starts, active = call.resets[t].unsqueeze(-1), _active(call.lengths, t)
+    return starts if active is None else starts & active
+
+
+def _reset(call, t: int, state: Tensor, reset_state: Optional[Tensor]) -> Tensor:
+    """The state step t reads: ``reset_state`` on the rows that start an episode there."""
+    starts = _starts(call, t)
+    return state if starts is None else torch.where(starts, reset_state.to(state.dtype), state)
+
+
 def lstm_sequence(call: LSTMCall, masks: MaskSource, save: bool = True):
     """Runs an LSTM layer over call.gx [T, B, 4H] (h and out P-sized under a projection).
 
@@ -208,6 +223,7 @@ def lstm_sequence(call: LSTMCall, masks: MaskSource, save: bool = True):
     out = gx.new_zeros(steps, batch, h.shape[-1])
     preacts, cells, stats = [None] * steps, [None] * steps, [None] * steps
     for t in _time_order(steps, call.reverse):
+        h, c = _reset(call, t, h, call.h_reset), _reset(call, t, c, call.c_reset)
         h_t, c_t, a, step_stats = lstm_step(call, gx[t], h, c, StepMasks(call, masks, t))
         active = _active(call.lengths, t)
         out[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
@@ -233,6 +249,7 @@ def gru_sequence(call: GRUCall, masks: MaskSource, save: bool = True):
     out = gx.new_zeros(steps, batch, h.shape[-1])
     preacts, hidden_ns, stats = [None] * steps, [None] * steps, [None] * steps
     for t in _time_order(steps, call.reverse):
+        h = _reset(call, t, h, call.h_reset)
         h_t, a, hh_n, step_stats = gru_step(call, gx[t], h, StepMasks(call, masks, t))
         active = _active(call.lengths, t)
         out[t] = _keep_if(active, h_t, torch.zeros_like(h_t))
@@ -276,8 +293,10 @@ def zoneout_backward(d_state: Tensor, p: float, hits: Optional[Tensor], training
     return (1.0 - p) * d_state, p * d_state
 
 
-def previous_states(out: Tensor, initial: Tensor, lengths: Optional[Tensor], reverse: bool):
-    """[T, B, H]: the state each step read (``out`` of the row's previous step, or ``initial``)."""
+def previous_states(out: Tensor, initial: Tensor, lengths: Optional[Tensor], reverse: bool,
+                    resets: Optional[Tensor] = None, reset_state: Optional[Tensor] = None):
+    """[T, B, H]: the state each step read (``out`` of the row's previous step, ``initial``, or
+    ``reset_state`` where ``resets`` marks an episode start)."""
     steps = out.shape[0]
     if reverse:
         shifted = torch.cat([out[1:], initial.unsqueeze(0).to(out.dtype)])
@@ -286,7 +305,30 @@ def previous_states(out: Tensor, initial: Tensor, lengths: Optional[Tensor], rev
     else:
         shifted = torch.cat([initial.unsqueeze(0).to(out.dtype), out[:-1]])
         first = (torch.arange(steps, device=out.device) == 0)[:, None].expand(steps, out.shape[1])
-    return torch.where(first.unsqueeze(-1), initial.unsqueeze(0).to(out.dtype), shifted)
+    read = torch.where(first.unsqueeze(-1), initial.unsqueeze(0).to(out.dtype), shifted)
+    if resets is None:
+        return read
+    return torch.where(resets.unsqueeze(-1), reset_state.unsqueeze(0).to(out.dtype), read)
+
+
+class _ResetGrads:
+    """What crosses an episode start: d of the state read there goes to the reset state."""
+
+    def __init__(self, call, reset_state: Optional[Tensor], acc: torch.dtype):
+        self.call = call
+        self.grad = None if reset_state is None else torch.zeros(reset_state.shape, dtype=acc,
+                                                                 device=reset_state.device)
+
+    def step(self, t: int, d_previous: Tensor) -> Tensor:
+        """Takes d of the state step t read; returns the share that flows to the step before."""
+        starts = _starts(self.call, t)
+        if starts is None:
+            return d_previous
+        self.grad += torch.where(starts, d_previous, 0.0)
+        return torch.where(starts, 0.0, d_previous)
+
+    def result(self, like: Optional[Tensor]) -> Tensor:
+        return _cast_or_empty(self.grad, like if like is not None else self.call.w_hh)
 
 
 class _RecurrentGrads:
@@ -331,14 +373,16 @@ def _cast_or_empty(grad: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskSource):
-    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, w_hr)
-    from ``grads`` = (d out, d h_n, d c_n)."""
+    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, w_hr,
+    h_reset, c_reset) from ``grads`` = (d out, d h_n, d c_n)."""
     grad_out, grad_h_n, grad_c_n = grads
     out, preact, cell = saved.out, saved.preact, saved.cell
     steps = out.shape[0]
     acc = accumulate_dtype(out.dtype)
-    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse)
-    c_prevs = previous_states(cell.to(acc), call.c0.to(acc), call.lengths, call.reverse)
+    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse, call.resets, call.h_reset)
+    c_prevs = previous_states(cell.to(acc), call.c0.to(acc), call.lengths, call.reverse,
+                              call.resets, call.c_reset)
+    h_reset, c_reset = _ResetGrads(call, call.h_reset, acc), _ResetGrads(call, call.c_reset, acc)
     recurrent = _RecurrentGrads(call, acc)
     d_cell_w = _zeros_like_present(call.ln_cell_weight, acc)
     d_cell_b = _zeros_like_present(call.ln_cell_bias, acc)
@@ -388,20 +432,23 @@ def lstm_sequence_backward(call: LSTMCall, saved: LSTMSaved, grads, masks: MaskS
         if d_cell_w is not None:
             d_cell_w += _keep_if(active, d_cell_w_t, torch.zeros_like(d_cell_w_t)).sum(0)
             d_cell_b += _keep_if(active, d_cell_b_t, torch.zeros_like(d_cell_b_t)).sum(0)
+        d_h_prev, d_c_prev = h_reset.step(t, d_h_prev), c_reset.step(t, d_c_prev)
         dh, dc = _keep_if(active, d_h_prev, dh), _keep_if(active, d_c_prev, dc)
     d_w_hh, d_b_hh, d_ln_hh = recurrent.results()
     return (d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, _cast_or_empty(d_cell_w, call.w_hh),
             _cast_or_empty(d_cell_b, call.w_hh), dh.to(call.h0.dtype), dc.to(call.c0.dtype),
-            _cast_or_empty(d_w_hr, call.w_hh))
+            _cast_or_empty(d_w_hr, call.w_hh), h_reset.result(call.h_reset),
+            c_reset.result(call.c_reset))
 
 
 def gru_sequence_backward(call: GRUCall, saved: GRUSaved, grads, masks: MaskSource):
-    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, h0) from ``grads`` = (d out, d h_n)."""
+    """Gradients of (gx, w_hh, b_hh, ln_hh_weight, h0, h_reset) from ``grads`` = (d out, d h_n)."""
     grad_out, grad_h_n = grads
     out, preact, hidden_n = saved.out, saved.preact, saved.hidden_n
     steps, batch, hidden = out.shape
     acc = accumulate_dtype(out.dtype)
-    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse)
+    h_prevs = previous_states(out, call.h0, call.lengths, call.reverse, call.resets, call.h_reset)
+    h_reset = _ResetGrads(call, call.h_reset, acc)
     recurrent = _RecurrentGrads(call, acc)
     d_gx = torch.zeros(preact.shape, dtype=acc, device=out.device)
     dh = grad_h_n.to(acc)
@@ -427,10 +474,11 @@ def gru_sequence_backward(call: GRUCall, saved: GRUSaved, grads, masks: MaskSour
             d_a = torch.where(active, d_a, 0.0)
             d_after_bias = torch.where(active, d_after_bias, 0.0)
         d_gx[t] = d_a
-        d_h_prev = d_h_prev + recurrent.step(d_after_bias, h_prev)
+        d_h_prev = h_reset.step(t, d_h_prev + recurrent.step(d_after_bias, h_prev))
         dh = _keep_if(active, d_h_prev, dh)
     d_w_hh, d_b_hh, d_ln_hh = recurrent.results()
-    return d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, dh.to(call.h0.dtype)
+    return (d_gx.to(preact.dtype), d_w_hh, d_b_hh, d_ln_hh, dh.to(call.h0.dtype),
+            h_reset.result(call.h_reset))
 
 
 SEQUENCES = {LSTM.name: (lstm_sequence, lstm_sequence_backward),

@@ -163,3 +163,21 @@ def _lengths_in_range(low: int, high: int, steps: int) -> None:
     if low < 1 or high > steps:
         raise ValueError(f"lengths must lie in [1, {steps}] (the sequence length T), "
                          f"got values from {low} to {high}")
+
+
+def resets(value, shape: Tuple[int, ...], layout: str, device: torch.device) -> Tensor:
+    """Episode starts: a dense bool tensor of ``shape`` (the input's leading dimensions, named
+    by ``layout``, e.g. "(T, B)") on the input's device; returned as is (never modified)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"resets must be a bool Tensor of shape {layout} = {tuple(shape)}, "
+                        f"got {type(value).__name__}")
+    dense("resets", value)
+    if value.dtype != torch.bool:
+        raise TypeError(f"resets must be a bool tensor (True where an episode starts), got "
+                        f"dtype {value.dtype}; pass e.g. is_init.bool() or dones.bool()")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"resets must have the input's leading shape {layout} = "
+                         f"{tuple(shape)}, got {tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"resets must be on the input's device {device}, got {value.device}")
+    return value

@@ -86,6 +86,20 @@ PROJECTION: Dict[str, dict] = {
                                        candidate_dropout=0.2),
 }
 
+# Episode starts (call fields resets, h_reset, c_reset) with the options above, for the backends
+# that run them (fastrnn.backends: FEATURES); starts drawn with probability 0.3 and at (0, 0).
+RESETS: Dict[str, dict] = {
+    "resets": dict(resets=0.3),
+    "resets_reverse_lengths": dict(resets=0.3, reverse=True, lengths=[2, 5, 3]),
+    "resets_layer_norm_per_gate": dict(resets=0.3, layer_norm=True, per_gate=True, steps=7),
+    "resets_everything": dict(resets=0.3, layer_norm=True, lengths=[4, 5, 1], bias=False,
+                              **REGULARIZED),
+    "resets_everything_reverse": dict(resets=0.4, layer_norm=True, reverse=True, steps=7,
+                                      batch=4, lengths=[5, 2, 7, 6], **REGULARIZED),
+    "resets_eval": dict(resets=0.3, layer_norm=True, training=False, zoneout_cell=0.3,
+                        zoneout_hidden=0.2, lengths=[3, 5, 2]),
+}
+
 
 @dataclasses.dataclass
 class Case:
@@ -105,6 +119,7 @@ class Case:
     reverse: bool = False
     lengths: Optional[list] = None
     proj_size: int = 0               # LSTM only: h has P = proj_size units
+    resets: float = 0.0              # > 0: episode starts (call.resets) with this probability
 
     @property
     def spec(self):
@@ -122,7 +137,7 @@ class Case:
 
 def case(cell: str, name: str, **overrides) -> Case:
     """The option set ``name`` of OPTIONS (or PROJECTION) for ``cell``, with ``overrides``."""
-    options = dict(OPTIONS[name] if name in OPTIONS else PROJECTION[name], **overrides)
+    options = dict({**OPTIONS, **PROJECTION, **RESETS}[name], **overrides)
     if options.pop("per_gate", False):
         options["ln_groups"] = CELLS[cell].num_gates
     if cell != "lstm":
@@ -160,6 +175,11 @@ def make_inputs(case: Case, dtype=torch.float32, device="cpu", generator_seed=0)
         inputs["ln_cell_bias"] = rnd(H, scale=0.1) if case.layer_norm else None
     if "c" in case.spec.states:
         inputs["c0"] = rnd(B, H, scale=0.5)
+    if case.resets:
+        inputs["resets"] = torch.rand(T, B, generator=g) < case.resets
+        inputs["resets"][0, 0] = True   # the call's first step too (its initial state unread)
+        for state in case.spec.states:
+            inputs[f"{state}_reset"] = rnd(*inputs[f"{state}0"].shape, scale=0.5)
     seed = torch.tensor(int(torch.randint(0, 1 << 62, (), generator=g)), dtype=torch.int64)
     inputs["seed"] = seed
     inputs["lengths"] = None if case.lengths is None else torch.tensor(case.lengths, dtype=torch.int64)
@@ -184,8 +204,10 @@ def cast(inputs, dtype, device):
 
 def make_call(case: Case, tensors):
     """The cell's call object from ``make_inputs``-style tensors and the case's options."""
+    # The call's options are the case's fields of the same name; the tensors of a feature the
+    # case leaves off (resets, h_reset, ...) keep their default, None.
     options = {name: getattr(case, name) for name in case.spec.call._fields
-               if name not in tensors}
+               if name not in tensors and name != "resets" and hasattr(case, name)}
     return case.spec.call(**{name: tensors[name] for name in case.spec.call._fields
                              if name in tensors}, **options)
 
@@ -248,6 +270,8 @@ def reduction(call, name: str) -> int:
     if not name.startswith("d") or name[1:] in per_row:
         return 1
     steps, batch = call.gx.shape[:2]
+    if name[1:] in spec.reset_states:   # a row's episode starts: up to T terms
+        return steps
     return steps * batch
 
 

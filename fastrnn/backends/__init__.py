@@ -41,6 +41,8 @@ import torch
 from ..cells import CELLS, cell_of
 
 NAMES = ("reference", "cpu", "triton", "cuda")
+# How a refusal names a feature the caller turned on.
+FEATURE_WORDS = {"proj_size": "proj_size > 0", "resets": "resets (episode starts)"}
 NATIVE = "native"
 CHOICES = ("auto",) + NAMES + (NATIVE,)
 
@@ -110,8 +112,10 @@ def _features_refused(name: str, used: FrozenSet[str]) -> Optional[str]:
     missing = sorted(used - backend_features(name))
     if not missing:
         return None
-    return (f"backend={name!r} cannot run {', '.join(missing)} > 0: its kernels do not "
-            f"implement it; use backend='auto', 'reference' or 'native'")
+    runners = [other for other in NAMES + (NATIVE,) if set(missing) <= backend_features(other)]
+    return (f"backend={name!r} cannot run {', '.join(FEATURE_WORDS.get(m, m) for m in missing)}: "
+            f"its kernels do not implement it; use backend='auto' or "
+            f"{' or '.join(repr(other) for other in runners)}")
 
 
 def refusal(name: str, device: torch.device, dtype: torch.dtype,

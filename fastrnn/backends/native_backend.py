@@ -54,7 +54,7 @@ def run(call):
         x, w_ih = _hold_cell_after_the_end(x, w_ih, lengths)
     biases = [] if call.b_ih is None and call.b_hh is None else [
         torch.zeros_like(call.w_hh[:, 0]) if b is None else b for b in (call.b_ih, call.b_hh)]
-    projection = [getattr(call, field) for field in cell.features.values()
+    projection = [getattr(call, field) for field in cell.native_features
                   if getattr(call, field) is not None]  # w_hr, last as torch.nn orders it
     params = [w_ih, call.w_hh, *biases, *projection]
     # ``train`` only switches inter-layer dropout (none for one layer) and oneDNN's saving of its

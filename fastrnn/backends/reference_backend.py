@@ -11,7 +11,7 @@ from .. import reference as R
 from ..cells import cell_of
 
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
-FEATURES = frozenset({"proj_size"})  # fastrnn.backends: the optional call features it runs
+FEATURES = frozenset({"proj_size", "resets"})  # fastrnn.backends: the optional call features it runs
 
 
 def unavailable():
