@@ -13,9 +13,12 @@ from ..reference import previous_states
 
 
 def recurrent_inputs(out: torch.Tensor, h0: torch.Tensor, lengths: Optional[torch.Tensor],
-                     recurrent_mask: Optional[torch.Tensor], reverse: bool) -> torch.Tensor:
-    """[T, B, H]: d ⊙ h_{t-1}, what each step's recurrent product read."""
-    previous = previous_states(out, h0, lengths, reverse)
+                     recurrent_mask: Optional[torch.Tensor], reverse: bool,
+                     resets: Optional[torch.Tensor] = None,
+                     h_reset: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """[T, B, H]: d ⊙ h_{t-1}, what each step's recurrent product read (h_reset at an episode
+    start, ``resets``)."""
+    previous = previous_states(out, h0, lengths, reverse, resets, h_reset)
     return previous if recurrent_mask is None else previous * recurrent_mask.to(out.dtype)
 
 
