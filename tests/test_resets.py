@@ -25,6 +25,8 @@ MODULES = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU}
 
 
 def _model(cell, layer_norm, learn, backend="reference", **options):
+    if cell == "gru" and "zoneout_hidden" in options:
+        options["zoneout"] = options.pop("zoneout_hidden")
     torch.manual_seed(3)
     model = MODULES[cell](3, 5, num_layers=2, bidirectional=True, layer_norm=layer_norm,
                           learn_initial_state=learn, backend=backend, **options).double()

@@ -45,15 +45,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                        const OptionalTensor& ln_hh_weight, const OptionalTensor& ln_cell_weight,
                        const OptionalTensor& ln_cell_bias, const at::Tensor& h0,
                        const OptionalTensor& c0, const OptionalTensor& lengths,
-                       const OptionalTensor& recurrent_mask) {
+                       const OptionalTensor& recurrent_mask, const OptionalTensor& resets,
+                       const OptionalTensor& h_reset, const OptionalTensor& c_reset) {
              return CallTensors{w_hh, or_undefined(b_hh), or_undefined(ln_hh_weight),
                                 or_undefined(ln_cell_weight), or_undefined(ln_cell_bias), h0,
                                 or_undefined(c0), or_undefined(lengths),
-                                or_undefined(recurrent_mask)};
+                                or_undefined(recurrent_mask), or_undefined(resets),
+                                or_undefined(h_reset), or_undefined(c_reset)};
            }),
            py::arg("w_hh"), py::arg("b_hh"), py::arg("ln_hh_weight"), py::arg("ln_cell_weight"),
            py::arg("ln_cell_bias"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
-           py::arg("recurrent_mask"));
+           py::arg("recurrent_mask"), py::arg("resets") = py::none(),
+           py::arg("h_reset") = py::none(), py::arg("c_reset") = py::none());
   m.def(
       "forward",
       [](const std::string& cell, const CallTensors& call, const Options& options,
@@ -79,12 +82,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
          const at::Tensor& stats, const at::Tensor& d_gx, const at::Tensor& d_w_hh,
          const OptionalTensor& d_b_hh, const OptionalTensor& d_ln_hh_weight,
          const OptionalTensor& d_ln_cell_weight, const OptionalTensor& d_ln_cell_bias,
-         const at::Tensor& d_h0, const OptionalTensor& d_c0) {
+         const at::Tensor& d_h0, const OptionalTensor& d_c0, const OptionalTensor& d_h_reset,
+         const OptionalTensor& d_c_reset) {
         const BackwardInputs in{grad_out, grad_h_n, or_undefined(grad_c_n), out, preact, middle,
                                 stats};
         const BackwardOutputs results{d_gx, d_w_hh, or_undefined(d_b_hh),
                                       or_undefined(d_ln_hh_weight), or_undefined(d_ln_cell_weight),
-                                      or_undefined(d_ln_cell_bias), d_h0, or_undefined(d_c0)};
+                                      or_undefined(d_ln_cell_bias), d_h0, or_undefined(d_c0),
+                                      or_undefined(d_h_reset), or_undefined(d_c_reset)};
         if (is_lstm(cell)) {
           fastrnn::cpu::lstm_backward(call, options, in, results);
         } else {
@@ -95,5 +100,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("grad_h_n"), py::arg("grad_c_n"), py::arg("out"), py::arg("preact"),
       py::arg("middle"), py::arg("stats"), py::arg("d_gx"), py::arg("d_w_hh"), py::arg("d_b_hh"),
       py::arg("d_ln_hh_weight"), py::arg("d_ln_cell_weight"), py::arg("d_ln_cell_bias"),
-      py::arg("d_h0"), py::arg("d_c0"), py::call_guard<py::gil_scoped_release>());
+      py::arg("d_h0"), py::arg("d_c0"), py::arg("d_h_reset") = py::none(),
+      py::arg("d_c_reset") = py::none(), py::call_guard<py::gil_scoped_release>());
 }

@@ -72,6 +72,7 @@ struct Options {
 struct CallTensors {
   at::Tensor w_hh, b_hh, ln_hh_weight, ln_cell_weight, ln_cell_bias, h0, c0, lengths,
       recurrent_mask;
+  at::Tensor resets, h_reset, c_reset;  // episode starts: [T, B] bool, [B, P], [B, H] (LSTM)
 };
 
 template <typename T>
@@ -110,6 +111,9 @@ struct Call {
   const S* c0 = nullptr;                        // [B, H] (LSTM)
   const int64_t* lengths = nullptr;
   const S* recurrent_mask = nullptr;            // [B, P], or null
+  const bool* resets = nullptr;                 // [T, B] episode starts, or null: none
+  const S* h_reset = nullptr;                   // [B, P] the state an episode starts from
+  const S* c_reset = nullptr;                   // [B, H] (LSTM)
   std::vector<at::Tensor> keep;                 // owners of the converted parameters
 
   Call(const CallTensors& t, const Options& o, int64_t steps_, int64_t gates_)
@@ -124,6 +128,9 @@ struct Call {
     c0 = data_or_null<S>(t.c0);
     lengths = data_or_null<int64_t>(t.lengths);
     recurrent_mask = data_or_null<S>(t.recurrent_mask);
+    resets = data_or_null<bool>(t.resets);
+    h_reset = data_or_null<S>(t.h_reset);
+    c_reset = data_or_null<S>(t.c_reset);
     check_shapes(t);
   }
 
@@ -145,6 +152,11 @@ struct Call {
     check(t.ln_cell_bias, {hidden}, "ln_cell_bias");
     check(t.recurrent_mask, {batch, width}, "recurrent_mask");
     check(t.lengths, {batch}, "lengths");
+    check(t.resets, {steps, batch}, "resets");
+    TORCH_CHECK(!t.resets.defined() || (t.h_reset.defined() && (c0 == nullptr || t.c_reset.defined())),
+                "fastrnn._cpu: resets need h_reset (and c_reset for the LSTM)");
+    check(t.h_reset, {batch, width}, "h_reset");
+    check(t.c_reset, {batch, hidden}, "c_reset");
     TORCH_CHECK(options.ln_groups >= 1 && (gates * hidden) % options.ln_groups == 0,
                 "fastrnn._cpu: ln_groups must divide G·H, got ", options.ln_groups);
     for (int64_t b = 0; lengths != nullptr && b < batch; ++b) {
@@ -173,6 +185,11 @@ struct Call {
   bool layer_norm() const { return ln_hh_weight != nullptr; }
   int64_t time_of(int64_t step) const { return time_of_step(step, steps, options.reverse); }
   bool active(int64_t t, int64_t b) const { return t < sequence_length(lengths, b, steps); }
+  // Whether row b starts an episode at step t: it reads the reset state, not its previous one
+  // (a row past its length holds its state whatever the flag says).
+  bool starts(int64_t t, int64_t b) const {
+    return resets != nullptr && resets[t * batch + b] && active(t, b);
+  }
   // The time whose state row b read at step t, or -1 for the initial state.
   int64_t previous(int64_t t, int64_t b) const {
     return previous_time(t, sequence_length(lengths, b, steps), options.reverse);
@@ -317,6 +334,7 @@ struct ForwardOutputs {
 // gradients of absent parameters undefined).
 struct BackwardOutputs {
   at::Tensor d_gx, d_w_hh, d_b_hh, d_ln_hh_weight, d_ln_cell_weight, d_ln_cell_bias, d_h0, d_c0;
+  at::Tensor d_h_reset, d_c_reset;  // with episode starts
 };
 
 struct BackwardInputs {
@@ -413,6 +431,23 @@ struct ForwardPass {
   }
 };
 
+// The rows that start an episode at step p.t read the reset state: it replaces the carried
+// state (and the recurrent input the step's GEMM reads) before the step.
+template <class Cell, typename S>
+void start_episodes(const Call<S>& call, const ForwardStep<S>& p) {
+  const int64_t width = call.width, hidden = call.hidden;
+  for (int64_t b = 0; b < call.batch; ++b) {
+    if (!call.starts(p.t, b)) continue;
+    std::copy_n(call.h_reset + b * width, width, p.h + b * width);
+    if (Cell::kCell) {
+      for (int64_t j = 0; j < hidden; ++j) {
+        p.c[b * hidden + j] = static_cast<acc_t<S>>(call.c_reset[b * hidden + j]);
+      }
+    }
+    if (p.h_in != nullptr) call.recurrent_input(p.h + b * width, b, p.h_in + b * width);
+  }
+}
+
 template <class Cell, typename S>
 void forward(const CallTensors& tensors, const Options& options, const at::Tensor& gx_tensor,
              const ForwardOutputs& results) {
@@ -455,6 +490,7 @@ void forward(const CallTensors& tensors, const Options& options, const at::Tenso
   const A* product_input = direct ? reinterpret_cast<const A*>(p.h) : p.h_in;
   for (int64_t step = 0; step < steps; ++step) {
     p.t = call.time_of(step);
+    if (call.resets != nullptr) start_episodes<Cell>(call, p);
     gemm<A>(false, true, batch, rows, width, product_input, width, call.w_hh, width, A(0), p.hh,
             rows);
     at::parallel_for(0, batch, row_grain(rows), [&](int64_t begin, int64_t end) {
@@ -508,6 +544,8 @@ struct BackwardStep {
   int64_t param_width;
   A* scratch;                // [B, scratch_stride]
   int64_t scratch_stride;
+  A* d_h_reset;              // [B, P] Σ over a row's episode starts of d of the state read, or null
+  A* d_c_reset;              // [B, H] (LSTM)
 };
 
 template <class Cell, typename S>
@@ -524,10 +562,19 @@ struct BackwardPass {
     const A* FASTRNN_RESTRICT through = p.d_h_in + b * width;
     if (call.recurrent_mask == nullptr) {
       for (int64_t j = 0; j < width; ++j) d[j] = direct[j] + through[j];
-      return;
+    } else {
+      const S* FASTRNN_RESTRICT m = call.recurrent_mask + b * width;
+      for (int64_t j = 0; j < width; ++j) d[j] = direct[j] + through[j] * static_cast<A>(m[j]);
     }
-    const S* FASTRNN_RESTRICT m = call.recurrent_mask + b * width;
-    for (int64_t j = 0; j < width; ++j) d[j] = direct[j] + through[j] * static_cast<A>(m[j]);
+    // At an episode start d of the state read belongs to the reset state, not to step t - 1.
+    if (call.starts(t, b)) move_to(d, p.d_h_reset + b * width, width);
+  }
+
+  static FASTRNN_INLINE void move_to(A* FASTRNN_RESTRICT from, A* FASTRNN_RESTRICT into, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      into[j] += from[j];
+      from[j] = A(0);
+    }
   }
 
   // Rows [begin, end) of one step: first d h of the previous step finished, then the cell's
@@ -547,16 +594,20 @@ struct BackwardPass {
       }
       A* scratch = p.scratch + b * p.scratch_stride;
       A* FASTRNN_RESTRICT param_sums = p.params + b * p.param_width;
-      const int64_t previous = call.previous(t, b);
+      // An episode start reads the reset state as a step without a previous one reads h0, c0.
+      const bool start = call.starts(t, b);
+      const int64_t previous = start ? -1 : call.previous(t, b);
+      const S* initial_h = start ? call.h_reset : call.h0;
+      const S* initial_c = start ? call.c_reset : call.c0;
       BackwardRow<S> r{t,
                        b,
                        p.preact + row * rows,
                        p.hidden_n == nullptr ? nullptr : p.hidden_n + row * hidden,
-                       previous < 0 ? call.h0 + b * width : p.out + (previous * batch + b) * width,
+                       previous < 0 ? initial_h + b * width : p.out + (previous * batch + b) * width,
                        previous < 0 || p.cells == nullptr
                            ? nullptr
                            : p.cells + (previous * batch + b) * hidden,
-                       call.c0 == nullptr ? nullptr : call.c0 + b * hidden,
+                       initial_c == nullptr ? nullptr : initial_c + b * hidden,
                        p.grad_out + row * width,
                        p.dh + b * width,
                        p.dc == nullptr ? nullptr : p.dc + b * hidden,
@@ -566,6 +617,7 @@ struct BackwardPass {
                        param_sums + 2 * rows,
                        scratch + 2 * rows};
       Cell::backward_row(call, r);
+      if (start && r.dc != nullptr) move_to(r.dc, p.d_c_reset + b * hidden, hidden);
       // Through the bias and the recurrent layer norm to d (W_hh (d ⊙ h)).
       const A* FASTRNN_RESTRICT d_after_bias = r.d_after_bias;
       for (int64_t k = 0; k < rows; ++k) param_sums[k] += d_after_bias[k];
@@ -600,6 +652,10 @@ struct BackwardPass {
       const int64_t t = row / batch, b = row % batch;
       if (!call.active(t, b)) {
         std::fill_n(into + row * width, width, A(0));
+        continue;
+      }
+      if (call.starts(t, b)) {
+        call.recurrent_input(call.h_reset + b * width, b, into + row * width);
         continue;
       }
       const int64_t previous = call.previous(t, b);
@@ -648,6 +704,10 @@ void backward(const CallTensors& tensors, const Options& options, const Backward
   at::Tensor params = at::zeros({batch, param_width}, a_options);
   at::Tensor scratch =
       at::empty({batch, 2 * rows + std::max<int64_t>(1, Cell::scratch(call))}, a_options);
+  const bool resets = call.resets != nullptr;
+  at::Tensor d_h_reset = resets ? at::zeros({batch, width}, a_options) : at::Tensor();
+  at::Tensor d_c_reset =
+      resets && Cell::kCell ? at::zeros({batch, call.hidden}, a_options) : at::Tensor();
   BackwardStep<S> p{0,
                     -1,
                     out,
@@ -665,7 +725,9 @@ void backward(const CallTensors& tensors, const Options& options, const Backward
                     params.data_ptr<A>(),
                     param_width,
                     scratch.data_ptr<A>(),
-                    scratch.size(1)};
+                    scratch.size(1),
+                    resets ? d_h_reset.data_ptr<A>() : nullptr,
+                    d_c_reset.defined() ? d_c_reset.data_ptr<A>() : nullptr};
   A* d_products_data = p.d_products;
   for (int64_t step = steps - 1; step >= 0; --step) {
     p.t = call.time_of(step);
@@ -696,6 +758,8 @@ void backward(const CallTensors& tensors, const Options& options, const Backward
   Cell::finish_params(call, param_sums.narrow(0, 2 * rows, param_width - 2 * rows), results);
   results.d_h0.copy_(dh);
   if (Cell::kCell) results.d_c0.copy_(dc);
+  if (results.d_h_reset.defined()) results.d_h_reset.copy_(d_h_reset);
+  if (results.d_c_reset.defined()) results.d_c_reset.copy_(d_c_reset);
 }
 
 }  // namespace cpu

@@ -79,7 +79,9 @@ def _call_tensors(ext, call, dtype):
         ln_cell_bias=_cast(getattr(call, "ln_cell_bias", None), dtype),
         h0=_cast(call.h0, dtype), c0=_cast(getattr(call, "c0", None), dtype),
         lengths=None if lengths is None else lengths.to(torch.int64).contiguous(),
-        recurrent_mask=_cast(call.recurrent_mask, dtype))
+        recurrent_mask=_cast(call.recurrent_mask, dtype),
+        resets=None if call.resets is None else call.resets.to(torch.bool).contiguous(),
+        h_reset=_cast(call.h_reset, dtype), c_reset=_cast(getattr(call, "c_reset", None), dtype))
 
 
 def _options(ext, call):
@@ -145,15 +147,25 @@ def backward(call, saved, grads):
     d_gx = new_output(*preact.shape, dtype=dtype, device=device)
     d_w_hh, d_h0 = like(w_hh), like(call.h0)
     d_c0 = like(call.c0) if lstm else None
+    resets = [like(getattr(call, field)) for field in cell.reset_states] if call.resets is not None else []
     ext.backward(cell=cell.name, call=_call_tensors(ext, call, dtype), options=_options(ext, call),
                  grad_out=grad_out, grad_h_n=grad_h_n, grad_c_n=grad_c_n,
                  out=saved.out.contiguous(), preact=preact,
                  middle=saved[2].contiguous(), stats=saved.stats.contiguous(), d_gx=d_gx,
                  d_w_hh=d_w_hh, d_b_hh=params["b_hh"], d_ln_hh_weight=params["ln_hh_weight"],
                  d_ln_cell_weight=params.get("ln_cell_weight"),
-                 d_ln_cell_bias=params.get("ln_cell_bias"), d_h0=d_h0, d_c0=d_c0)
+                 d_ln_cell_bias=params.get("ln_cell_bias"), d_h0=d_h0, d_c0=d_c0,
+                 d_h_reset=resets[0] if resets else None,
+                 d_c_reset=resets[1] if len(resets) > 1 else None)
     grads_of_params = [absent_gradient(w_hh) if grad is None else grad for grad in params.values()]
-    return (d_gx, d_w_hh, *grads_of_params, d_h0, *([d_c0] if lstm else []))
+    results = (d_gx, d_w_hh, *grads_of_params, d_h0, *([d_c0] if lstm else []))
+    if resets:
+        # The fields between the initial states and the reset states (the LSTM's w_hr, a
+        # feature these kernels do not run) get empty gradients.
+        skipped = cell.differentiable.index(cell.reset_states[0]) - len(results)
+        results += tuple(absent_gradient(w_hh) for _ in range(skipped)) + tuple(resets)
+    return results
 
 
 CELL_NAMES = ("lstm", "gru")  # fastrnn.backends: the cells csrc/cpu/ has kernels for
+FEATURES = frozenset({"resets"})  # fastrnn.backends: the optional call features it runs
