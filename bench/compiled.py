@@ -119,6 +119,11 @@ class ReferenceCompiled(Implementation):
     def __init__(self, compile_budget_s: float = 600.0):
         self.compile_budget_s = compile_budget_s
 
+    def unsupported(self, workload, device):
+        if workload.spec.resets:
+            return "the compiled reference is not run with episode starts"
+        return None
+
     def measure(self, workload, params, inputs, settings, device):
         with tempfile.TemporaryDirectory(prefix="fastrnn-bench-") as scratch:
             job = {"workload": dataclasses.asdict(workload),

@@ -5,13 +5,15 @@ process, sees exactly the tensors the other implementations of the row saw.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
 from fastrnn.cells import CELLS
 
 from .grid import Workload
+
+RESETS_SEED = 32
 
 
 
@@ -43,6 +45,16 @@ def master_parameters(workload: Workload, seed: int) -> Dict[str, torch.Tensor]:
             params["ln_cell_weight_l0"] = near_one(hidden)
             params["ln_cell_bias_l0"] = 0.1 * torch.randn(hidden, generator=generator)
     return params
+
+
+def episode_starts(workload: Workload, device: torch.device) -> Optional[torch.Tensor]:
+    """[T, B] bool episode starts of a workload whose cell has resets (None otherwise): drawn
+    with the cell's probability from a fixed seed, the same for every implementation."""
+    probability = workload.spec.resets
+    if not probability:
+        return None
+    generator = torch.Generator().manual_seed(RESETS_SEED)
+    return (torch.rand(workload.T, workload.B, generator=generator) < probability).to(device)
 
 
 def input_sets(workload: Workload, count: int, seed: int, device: torch.device) -> List[torch.Tensor]:

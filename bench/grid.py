@@ -9,6 +9,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 
+# The RL workload's episode starts: one per 32 steps of a row on average.
+RESET_PROBABILITY = 1 / 32
+
 # The fastrnn module options that draw masks in train mode.
 REGULARIZERS = ("zoneout", "zoneout_cell", "zoneout_hidden", "recurrent_dropout",
                 "candidate_dropout", "dropconnect")
@@ -21,15 +24,17 @@ class Cell:
     family: str                     # "lstm" or "gru"
     options: Dict[str, object]
     training: bool = False          # run the module in train mode (masks drawn) in both modes
+    resets: float = 0.0             # > 0: episode starts with this probability per (t, b)
 
     @property
     def baseline(self) -> str:
-        return self.family
+        """The plain cell measured beside it: torch.nn's (on the split segments with resets)."""
+        return f"{self.family}_rs" if self.resets else self.family
 
     @property
     def plain(self) -> bool:
-        """No layer norm and no regularizer: torch.nn runs this cell itself."""
-        return not self.options
+        """No layer norm, no regularizer and no resets: torch.nn runs this cell itself."""
+        return not self.options and not self.resets
 
     @property
     def draws_masks(self) -> bool:
@@ -47,6 +52,13 @@ CELLS: Dict[str, Cell] = {
                                 "zoneout_hidden": 0.1}, training=True),
     # The regularized GRU is measured in train mode in both modes: the masks are part of its cost.
     "gru_reg": Cell("gru", {"zoneout": 0.1, "recurrent_dropout": 0.25}, training=True),
+    # The RL workload (bench/README.md): the layer-norm cells with and without episode starts,
+    # and the plain cells with them, which torch.nn runs on the split segments.
+    "ln_gru": Cell("gru", {"layer_norm": True, "ln_groups": 1}),
+    "ln_lstm_rs": Cell("lstm", {"layer_norm": True, "ln_groups": 1}, resets=RESET_PROBABILITY),
+    "ln_gru_rs": Cell("gru", {"layer_norm": True, "ln_groups": 1}, resets=RESET_PROBABILITY),
+    "lstm_rs": Cell("lstm", {}, resets=RESET_PROBABILITY),
+    "gru_rs": Cell("gru", {}, resets=RESET_PROBABILITY),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -97,7 +109,11 @@ def _peer_shape(cells: Sequence[str]) -> List[Workload]:
     return [Workload(cell, 16, 768, 1024, "float16", mode) for cell in cells for mode in MODES]
 
 
-ALL_CELLS = ("ln_lstm", "ln_lstm_zo", "gru_reg", "lstm", "gru")
+ALL_CELLS = ("ln_lstm", "ln_lstm_zo", "gru_reg", "lstm", "gru", "ln_gru", "ln_lstm_rs",
+             "ln_gru_rs", "lstm_rs", "gru_rs")
+RL_CELLS = ("ln_lstm", "ln_lstm_rs", "ln_gru", "ln_gru_rs")
+# The RL preset's shape (I = H): a batch of rollouts of recurrent-policy environments.
+RL = dict(B=64, H=128, T=128)
 GPU_CELLS = ("ln_lstm", "gru_reg", "lstm", "gru")
 CPU_CELLS = ("ln_lstm_zo", "gru_reg", "lstm", "gru")
 
@@ -118,6 +134,8 @@ PRESETS: Dict[str, Preset] = {
                   (CPU_RL["T"],), ("float32",), MODES,
                   extra=[Workload(cell, CPU_LM["B"], CPU_LM["H"], CPU_LM["T"], "float32", mode)
                          for cell in CPU_CELLS for mode in MODES]),
+    # Episode starts (``--rl``): each layer-norm cell with and without resets, on any device.
+    "rl": Preset(RL_CELLS, (RL["B"],), (RL["H"],), (RL["T"],), ("float32",), MODES),
 }
 
 

@@ -18,6 +18,7 @@ from torch import nn
 import fastrnn
 from fastrnn import backends
 
+from .data import episode_starts
 from .grid import ALL_CELLS, Workload
 from .measure import Prepared, Result, Settings, peak_memory_bytes, seeded_result, time_ms
 
@@ -31,10 +32,11 @@ class Measurement:
     note: Optional[str] = None
 
 
-def module_prepared(module: nn.Module) -> Prepared:
-    """Any module with torch.nn.LSTM's call convention: out, (h_n, c_n) or out, h_n."""
+def module_prepared(module: nn.Module, resets: Optional[torch.Tensor] = None) -> Prepared:
+    """Any module with torch.nn.LSTM's call convention: out, (h_n, c_n) or out, h_n; with
+    ``resets`` (episode starts) passed as fastrnn's modules take them."""
     def forward(x):
-        out, state = module(x)
+        out, state = module(x) if resets is None else module(x, resets=resets)
         return (out,) + (tuple(state) if isinstance(state, tuple) else (state,))
     return Prepared(forward, dict(module.named_parameters()))
 
@@ -58,7 +60,8 @@ def float64_reference(workload: Workload, params, x: torch.Tensor, device: torch
     seed; fastrnn's masks depend on the seed only).  A bf16 / fp16 row's rounding of weights and
     input is thus part of its error, as it is part of running in that dtype."""
     module = fastrnn_module(workload, params, device, "reference", torch.float64)
-    return seeded_result(module_prepared(module), x.double(), workload.mode, seed)
+    return seeded_result(module_prepared(module, episode_starts(workload, device)), x.double(),
+                         workload.mode, seed)
 
 
 def measure_prepared(prepared: Prepared, mode: str, inputs: Sequence[torch.Tensor],
@@ -117,7 +120,8 @@ class FastrnnBackend(Implementation):
 
     def prepare(self, workload, params, device):
         return module_prepared(fastrnn_module(workload, params, device, self.backend,
-                                              workload.torch_dtype))
+                                              workload.torch_dtype),
+                               episode_starts(workload, device))
 
 
 class ReferenceEager(Implementation):
@@ -125,7 +129,8 @@ class ReferenceEager(Implementation):
 
     def prepare(self, workload, params, device):
         return module_prepared(fastrnn_module(workload, params, device, "reference",
-                                              workload.torch_dtype))
+                                              workload.torch_dtype),
+                               episode_starts(workload, device))
 
 
 class TorchNN(Implementation):
@@ -136,11 +141,48 @@ class TorchNN(Implementation):
     def __init__(self, device: torch.device):
         self.name = baseline_name(device)
 
+    def not_compared(self, workload):
+        if workload.spec.resets:
+            return "the plain cell on the split segments: other math than the layer-norm rows"
+        return None
+
     def prepare(self, workload, params, device):
         cls = nn.LSTM if workload.spec.family == "lstm" else nn.GRU
         module = cls(workload.input_size, workload.H, device=device, dtype=workload.torch_dtype)
         module.load_state_dict(params)
+        resets = episode_starts(workload, device)
+        if resets is not None:
+            return segments_prepared(module, resets)
         return module_prepared(module)
+
+
+def segments_prepared(module: nn.Module, resets: torch.Tensor) -> Prepared:
+    """torch.nn's module with episode starts, as a user without resets in the kernel runs it:
+    every row split at its starts, the segments packed into one PackedSequence (one cuDNN call
+    on CUDA), the outputs scattered back to [T, B, H]."""
+    steps, batch = resets.shape
+    starts = resets.clone()
+    starts[0] = True
+    segment = torch.cumsum(starts.t().reshape(-1).long(), 0) - 1   # row-major (b, t) order
+    count = int(segment[-1]) + 1
+    flat = torch.arange(steps * batch, device=resets.device)
+    rows, times = flat // steps, flat % steps
+    first = torch.full((count,), steps * batch, device=resets.device, dtype=torch.long)
+    first = first.scatter_reduce(0, segment, flat, reduce="amin")
+    position = flat - first[segment]                                 # step within the segment
+    lengths = torch.bincount(segment, minlength=count).cpu()
+    longest = int(lengths.max())
+
+    def forward(x):
+        padded = x.new_zeros(longest, count, x.shape[-1])
+        padded[position, segment] = x[times, rows]
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths, enforce_sorted=False)
+        out, state = module(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out)
+        scattered = out[position, segment].reshape(batch, steps, -1).transpose(0, 1)
+        return (scattered,) + (tuple(state) if isinstance(state, tuple) else (state,))
+
+    return Prepared(forward, dict(module.named_parameters()))
 
 
 # The torch.nn rows by their implementation name: what tables and plots call them, and what

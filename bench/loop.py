@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fastrnn.loop import LOOPS, PARAMETER_NAMES
+from .data import episode_starts
 from .grid import CELLS, Workload
 from .implementations import Implementation, module_prepared
 from .measure import Prepared
@@ -34,8 +35,9 @@ def loop_module(workload: Workload, params: Dict[str, Tensor], device: torch.dev
 
 class TorchLoop(Implementation):
     name = "torch-loop"
-    # The regularized and layer-norm cells: for the plain ones torch.nn itself is the answer.
-    cells = tuple(name for name, cell in CELLS.items() if not cell.plain)
+    # The regularized and layer-norm cells: for the plain ones torch.nn itself is the answer
+    # (with episode starts, on the split segments).
+    cells = tuple(name for name, cell in CELLS.items() if cell.options)
 
     def unsupported(self, workload, device):
         spec = workload.spec
@@ -53,13 +55,14 @@ class TorchLoop(Implementation):
         return None
 
     def prepare(self, workload, params, device):
-        return loop_prepared(loop_module(workload, params, device), params)
+        return loop_prepared(loop_module(workload, params, device), params,
+                             episode_starts(workload, device))
 
 
-def loop_prepared(module: nn.Module, names) -> Prepared:
-    """The loop's forward, its gradients named by fastrnn's parameter ``names`` so that they
-    meet the reference's."""
+def loop_prepared(module: nn.Module, names, resets=None) -> Prepared:
+    """The loop's forward (``resets``: its episode starts), its gradients named by fastrnn's
+    parameter ``names`` so that they meet the reference's."""
     own = dict(module.named_parameters())
-    return Prepared(module_prepared(module).forward,
+    return Prepared(module_prepared(module, resets).forward,
                     {name: own[PARAMETER_NAMES[name]] for name in names})
 

@@ -72,6 +72,7 @@ class Haste(_Peer):
     recurrent weights, as the nearest regularizer of the same cost class."""
     name = "haste"
     module = "haste_pytorch"
+    cells = ("ln_lstm", "lstm", "gru", "gru_reg")   # no episode starts, no layer-norm GRU
     install_hint = "pip install haste_pytorch; its build asks nvcc for compute_37, which CUDA 13 rejects"
 
     def unsupported(self, workload, device):

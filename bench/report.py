@@ -42,7 +42,8 @@ def environment(device: torch.device) -> dict:
 def file_stem(document: dict) -> str:
     """``<gpu>-<yyyy-mm-dd>``, the device name lower-cased with runs of other characters as '-'."""
     slug = re.sub(r"[^a-z0-9]+", "-", document["device"].lower()).strip("-")
-    return f"{slug}-{document['date']}"
+    grid = f"-{document['grid']}" if document.get("grid") else ""   # a separate grid (``--rl``)
+    return f"{slug}{grid}-{document['date']}"
 
 
 def _same_machine_and_day(old: dict, new: dict) -> bool:
@@ -322,6 +323,46 @@ def cpu_table(document: dict) -> str:
                 lines.append(f"| {label} B={shape['B']} T={shape['T']} H={shape['H']} | {cell} | "
                              f"{mode} | {ms(fused)} | {ms(loop)} | {ms(plain)} | {ms(reference)} | "
                              f"{ratio(fused, loop)} | {ratio(fused, plain)} |")
+    return _header(document) + "\n" + "\n".join(lines) + "\n"
+
+
+def rl_table(document: dict) -> str:
+    """The README's episode-starts table (``--rl`` runs): each layer-norm cell's fastrnn row with
+    resets beside the same row without them, the user's loop with a ``torch.where`` reset per
+    step, and torch.nn's plain cell on the split segments, ratios taken within the run."""
+    def find(impl, cell, mode):
+        for row in document["rows"]:
+            if (row["impl"], row["cell"], row["mode"]) == (impl, cell, mode):
+                return row
+        return None
+
+    def ms(row):
+        if row is None or row["ms"] is None:
+            return "—"
+        return f"{row['ms']:.3g}" + (f" (loaded {row['load_ratio']:.2g}×)" if row.get("loaded")
+                                     else "")
+
+    def ratio(row, other):
+        return "—" if row is None or other is None or not other["ms"] else \
+            f"{row['ms'] / other['ms']:.2f}×"
+
+    fused = sorted({row["impl"] for row in document["rows"]
+                    if row["impl"].startswith("fastrnn-")})
+    lines = ["| backend | cell | mode | with resets ms | without ms | torch loop ms | "
+             "torch.nn on segments ms | × without | × loop |", "|---|---|---|---|---|---|---|---|---|"]
+    for impl in fused:
+        for cell in ("ln_lstm", "ln_gru"):
+            for mode in ("train", "forward"):
+                reset = find(impl, f"{cell}_rs", mode)
+                if reset is None:
+                    continue
+                without = find(impl, cell, mode)
+                loop = find("torch-loop", f"{cell}_rs", mode)
+                segments = find(document.get("baseline", {}).get("impl", "torch-nn"),
+                                CELLS[f"{cell}_rs"].baseline, mode)
+                lines.append(f"| {impl} | {cell} | {mode} | {ms(reset)} | {ms(without)} | "
+                             f"{ms(loop)} | {ms(segments)} | {ratio(reset, without)} | "
+                             f"{ratio(reset, loop)} |")
     return _header(document) + "\n" + "\n".join(lines) + "\n"
 
 

@@ -89,6 +89,13 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                    help="print the README's CPU table (fastrnn-cpu beside the torch loop, "
                         "torch.nn and the reference at the CPU grid's two shapes) from a result "
                         "file, and exit")
+    p.add_argument("--rl", action="store_true",
+                   help="the episode-starts grid instead (B=64 H=128 T=128 float32: the "
+                        "layer-norm LSTM and GRU with and without resets), into its own result "
+                        "files (<device>-rl-<date>)")
+    p.add_argument("--rl-table", metavar="JSON",
+                   help="print the README's episode-starts table of an --rl result file and "
+                        "exit")
     p.add_argument("--headline-table", metavar="JSON",
                    help="print the README headline table of a result file and exit")
     p.add_argument("--render", metavar="JSON",
@@ -112,7 +119,8 @@ def settings_for(args, device: torch.device) -> Settings:
 def workloads(args, device_type: str):
     """The run's workloads: its preset (by ``--headline`` and the device) narrowed by the
     arguments; ValueError names a bad one."""
-    preset = PRESETS["headline" if args.headline else ("gpu" if device_type == "cuda" else "cpu")]
+    preset = PRESETS["headline" if args.headline else "rl" if args.rl
+                     else ("gpu" if device_type == "cuda" else "cpu")]
     return build_grid(preset, args.cells, args.batch, args.hidden, args.steps, args.dtypes,
                       args.modes)
 
@@ -162,6 +170,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.cpu_table) as f:
             print(report.cpu_table(json.load(f)), end="")
         return 0
+    if args.rl_table:
+        with open(args.rl_table) as f:
+            print(report.rl_table(json.load(f)), end="")
+        return 0
     if args.headline_table:
         with open(args.headline_table) as f:
             print(report.headline_table(json.load(f)), end="")
@@ -206,7 +218,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = datetime.datetime.now().isoformat(timespec="seconds")
     this_run = {"started": started, "argv": sys.argv[1:] if argv is None else argv,
                 "settings": vars(settings)}
-    document = {**environment, "baseline": base, "peak_mem": peak_memory_method(device),
+    document = {**environment, **({"grid": "rl"} if args.rl else {}),
+                "baseline": base, "peak_mem": peak_memory_method(device),
                 "rows": [], "missing": missing, "failed": [], "runs": [this_run]}
     out_dir = args.out_dir or (RESULTS_DIR if device.type == "cuda" else CACHE_DIR)
     previous = None if args.fresh else report.existing(document, out_dir)

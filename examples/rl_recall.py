@@ -1,7 +1,8 @@
 """Recurrent actor-critic on "recall the cue": episode starts passed to the LSTM as ``resets``.
 
-    python examples/rl_recall.py                     # about two minutes on a CPU
-    python examples/rl_recall.py --device cuda --updates 600 --envs 128
+    python examples/rl_recall.py                     # under a minute on a CPU
+    python examples/rl_recall.py --backend reference # the same run, about two minutes
+    python examples/rl_recall.py --device cuda --envs 256
 
 Each of ``--envs`` environments plays short episodes back to back. At an episode's first step
 the observation shows one of ``--cues`` cues (one-hot); then come blank (slightly noisy)
@@ -16,11 +17,13 @@ records ``is_init`` (True at every episode's first step), and the LSTM reads it 
 (``batch_first=True``: a [B, T] bool), both when acting step by step and when the update
 re-runs the policy over the whole rollout (truncated backpropagation through time over the
 rollout). At a reset the row's state becomes the learned initial state and no gradient crosses
-it; between rollouts the state is carried over, detached.
+it; between rollouts the state is carried over, detached. The agent acts in eval mode
+(zoneout's expectation) and the update runs in training mode (zoneout sampled).
 
 Prints the success rate (the mean return of the episodes that ended in the last updates) every
 ``--print-every`` updates, returns the per-update success rates from ``main`` and plots them to
-``--plot``.
+``--plot``. With the defaults the success rate climbs from chance (0.25) to about 0.99 in 60
+updates.
 """
 from __future__ import annotations
 
@@ -219,8 +222,8 @@ def plot(path: str, rates: List[float], chance: float) -> None:
 def parse_args(argv: Optional[List[str]]):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--updates", type=int, default=300, help="A2C updates (one per rollout)")
-    parser.add_argument("--envs", type=int, default=32,
+    parser.add_argument("--updates", type=int, default=60, help="A2C updates (one per rollout)")
+    parser.add_argument("--envs", type=int, default=64,
                         help="environments stepped in parallel (the batch B)")
     parser.add_argument("--rollout", type=int, default=64,
                         help="steps per rollout (T; episodes cross its boundaries)")
@@ -242,7 +245,7 @@ def parse_args(argv: Optional[List[str]]):
                         help="weight of the entropy bonus")
     parser.add_argument("--clip", type=float, default=1.0,
                         help="gradient norm clipped to this value")
-    parser.add_argument("--print-every", type=int, default=25,
+    parser.add_argument("--print-every", type=int, default=10,
                         help="print a line every N updates (0: never)")
     parser.add_argument("--plot", default="rl_recall.png",
                         help="where to save the success-rate plot (empty: no plot)")

@@ -87,12 +87,11 @@ def episode_starts(resets: Tensor, lengths: Optional[Tensor], reverse: bool) -> 
     last step, so a step reads it where the *next* step starts an episode (t + 1 < T).  Episode
     starts at padded steps (t >= lengths[b]) are dropped first: the op holds the state there.
     """
-    starts = resets
-    if lengths is not None:
-        valid = torch.arange(resets.shape[0], device=resets.device)[:, None] < lengths[None, :]
-        starts = starts & valid
+    steps = torch.arange(resets.shape[0], device=resets.device)[:, None]
+    starts = resets if lengths is None else resets & (steps < lengths[None, :])
     if reverse:
-        starts = torch.cat([starts[1:], torch.zeros_like(starts[:1])])
+        # roll, not a slice and a cat: torch.export keeps T symbolic through it (T >= 2 too).
+        starts = starts.roll(-1, 0) & (steps < resets.shape[0] - 1)
     return starts.contiguous()
 
 

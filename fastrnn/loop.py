@@ -70,12 +70,17 @@ class _LoopLayer(nn.Module):
             gx, gh = self.ln_ih(gx), self.ln_hh(gh)
         return gx + self.bias_ih, gh + self.bias_hh
 
-    def forward(self, x: Tensor):
+    def forward(self, x: Tensor, resets: Optional[Tensor] = None):
+        """x [T, B, I]; ``resets`` [T, B] bool: episode starts, where the state restarts from
+        zeros (a ``torch.where`` per step, as an RL user's loop does)."""
         zeros = x.new_zeros(x.shape[1], self.hidden_size)
         state = self.initial_state(zeros)
         mask = _recurrent_dropout_mask(zeros, self.recurrent_dropout, self.training)
         outs = []
-        for x_t in x.unbind(0):
+        for t, x_t in enumerate(x.unbind(0)):
+            if resets is not None:
+                starts = resets[t].unsqueeze(-1)
+                state = tuple(torch.where(starts, zeros, s) for s in state)
             state = self.step(x_t, state, mask)
             outs.append(state[0])
         return torch.stack(outs), tuple(s.unsqueeze(0) for s in state)

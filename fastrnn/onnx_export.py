@@ -112,6 +112,25 @@ class _Body:
     def zero_if_not(self, active, value: ir.Value) -> ir.Value:
         return value if active is None else self.Where(active, value, self.constant(0.0))
 
+    def episode_starts(self, a: Dict[str, object], active):
+        """(the Scan body's input of the step's resets [B] or None, [B, 1] bool: the rows that
+        read the reset state at this step, or None), for the op's ``resets``."""
+        if a.get("resets") is None:
+            return None, None
+        flags = self.input("resets_t", ir.DataType.BOOL)
+        starts = self.Unsqueeze(flags, self.constant([-1], ir.DataType.INT64))
+        return flags, starts if active is None else self.And(starts, active)
+
+
+def _scan_inputs(gx: ir.Value, a: Dict[str, object]) -> List[ir.Value]:
+    """The Scan's per-step inputs: gx, then the step index (``lengths``) and ``resets``."""
+    inputs = [gx]
+    if a["lengths"] is not None:
+        inputs.append(_steps(gx))
+    if a.get("resets") is not None:
+        inputs.append(a["resets"])
+    return inputs
+
 
 def _scan(inputs: Sequence[ir.Value], num_scan_inputs: int, num_outputs: int, body: ir.Graph,
           reverse: bool) -> List[ir.Value]:
@@ -188,6 +207,10 @@ def _lstm_scan(a: Dict[str, object]):
     t = body.input("t", ir.DataType.INT64) if lengths is not None else None
     active = None if t is None else body.Unsqueeze(body.Less(t, lengths),
                                                    body.constant([-1], ir.DataType.INT64))
+    flags, starts = body.episode_starts(a, active)
+    carried_h, carried_c = h, c
+    if starts is not None:   # an episode start reads the reset state
+        h, c = body.Where(starts, a["h_reset"], h), body.Where(starts, a["c_reset"], c)
     hh, stats = body.recurrent_product(h, w_hh_t, a["ln_hh_weight"], a["ln_groups"])
     preact = body.Add(gx_t, hh)
     if a["b_hh"] is not None:
@@ -209,9 +232,9 @@ def _lstm_scan(a: Dict[str, object]):
                body.zero_if_not(active, c_t)]
     if width:
         outputs.append(body.zero_if_not(active, body.Concat(*stats, axis=-1)))
-    graph = body.graph([h, c, gx_t] + ([t] if t is not None else []),
+    graph = body.graph([carried_h, carried_c, gx_t] + [v for v in (t, flags) if v is not None],
                        [body.Identity(v) for v in outputs], name="fastrnn_lstm_step")
-    scan_inputs = [gx] + ([_steps(gx)] if lengths is not None else [])
+    scan_inputs = _scan_inputs(gx, a)
     results = _scan([a["h0"], a["c0"], *scan_inputs], len(scan_inputs), len(outputs), graph,
                     a["reverse"])
     stats_out = _stats_or_empty(results, gx, width)
@@ -229,6 +252,10 @@ def _gru_scan(a: Dict[str, object]):
     t = body.input("t", ir.DataType.INT64) if lengths is not None else None
     active = None if t is None else body.Unsqueeze(body.Less(t, lengths),
                                                    body.constant([-1], ir.DataType.INT64))
+    flags, starts = body.episode_starts(a, active)
+    carried_h = h
+    if starts is not None:   # an episode start reads the reset state
+        h = body.Where(starts, a["h_reset"], h)
     hh, stats = body.recurrent_product(h, w_hh_t, a["ln_hh_weight"], a["ln_groups"])
     if a["b_hh"] is not None:
         hh = body.Add(hh, a["b_hh"])
@@ -244,9 +271,9 @@ def _gru_scan(a: Dict[str, object]):
                body.zero_if_not(active, hh_n)]
     if width:
         outputs.append(body.zero_if_not(active, body.Concat(*stats, axis=-1)))
-    graph = body.graph([h, gx_t] + ([t] if t is not None else []),
+    graph = body.graph([carried_h, gx_t] + [v for v in (t, flags) if v is not None],
                        [body.Identity(v) for v in outputs], name="fastrnn_gru_step")
-    scan_inputs = [gx] + ([_steps(gx)] if lengths is not None else [])
+    scan_inputs = _scan_inputs(gx, a)
     results = _scan([a["h0"], *scan_inputs], len(scan_inputs), len(outputs), graph, a["reverse"])
     stats_out = _stats_or_empty(results, gx, width)
     h_n, out, preact, hidden_n = results  # a Scan returns its final state first

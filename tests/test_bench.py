@@ -358,7 +358,8 @@ def test_the_loop_is_the_users_code():
 
 
 def test_the_loop_runs_the_regularized_and_layer_norm_cells_only():
-    assert set(TorchLoop.cells) == {"ln_lstm", "ln_lstm_zo", "gru_reg"}
+    assert set(TorchLoop.cells) == {"ln_lstm", "ln_lstm_zo", "gru_reg", "ln_gru", "ln_lstm_rs",
+                                    "ln_gru_rs"}
     jobs, _ = suite.plan(build_grid(PRESETS["cpu"]), [TorchLoop(), TorchNN(CPU)], CPU)
     assert {j.workload.cell for j in jobs if j.impl.name == "torch-loop"} == {"ln_lstm_zo",
                                                                                "gru_reg"}
@@ -656,3 +657,37 @@ def test_the_table_and_the_plot_mark_loaded_rows(tmp_path):
     assert "| 9.8 / 10 / 11 ⚠ loaded 1.84× |" in table and "| 9.8 / 10 / 11 |" in table
     report.plot(document, str(tmp_path / "plot.png"))
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------- episode starts (--rl)
+
+def test_torch_nn_on_split_segments_equals_each_segment_run_alone():
+    """The RL floor: torch.nn's cell on the packed segments, scattered back to [T, B, H]."""
+    from bench.implementations import segments_prepared
+    torch.manual_seed(0)
+    module = nn.GRU(3, 4)
+    resets = torch.rand(9, 3) < 0.3
+    resets[0, 0] = resets[5, 1] = True
+    x = torch.randn(9, 3, 3)
+    out = segments_prepared(module, resets).forward(x)[0]
+    for b in range(3):
+        starts = [0] + [t for t in range(1, 9) if resets[t, b]] + [9]
+        for start, end in zip(starts, starts[1:]):
+            expected, _ = module(x[start:end, b:b + 1])
+            torch.testing.assert_close(out[start:end, b], expected[:, 0])
+
+
+def test_the_rl_grid_runs_each_cell_with_and_without_resets_into_its_own_files(tmp_path):
+    from bench.data import episode_starts
+    grid = build_grid(PRESETS["rl"])
+    cells = {w.cell for w in grid}
+    assert cells == {"ln_lstm", "ln_lstm_rs", "ln_gru", "ln_gru_rs"}
+    assert {(w.B, w.H, w.T) for w in grid} == {(64, 128, 128)}
+    with_resets = next(w for w in grid if w.cell == "ln_lstm_rs")
+    starts = episode_starts(with_resets, torch.device("cpu"))
+    assert starts.shape == (128, 64) and 0.01 < starts.float().mean() < 0.06
+    assert torch.equal(starts, episode_starts(with_resets, torch.device("cpu")))
+    assert episode_starts(next(w for w in grid if w.cell == "ln_lstm"), torch.device("cpu")) is None
+    assert CELLS["ln_lstm_rs"].baseline == "lstm_rs"
+    document = {"device": "cpu x86_64 (2 cores, 1 thread)", "date": "2026-12-07", "grid": "rl"}
+    assert report.file_stem(document) == "cpu-x86-64-2-cores-1-thread-rl-2026-12-07"

@@ -312,3 +312,86 @@ def test_cpu_gradcheck(cell):
     test_case = case(cell, "resets_everything_reverse", steps=4, hidden=3,
                      lengths=[4, 2, 3, 1])
     _gradcheck(make_call(test_case, make_inputs(test_case, generator_seed=24)), "cpu")
+
+
+# ---------------------------------------------------------------- compile, export, ONNX
+
+class _Policy(torch.nn.Module):
+    """A layer-norm LSTM with zoneout, then a GRU with a learned initial state, both reset."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = fastrnn.LayerNormLSTM(3, 6, zoneout_cell=0.1, zoneout_hidden=0.2,
+                                          recurrent_dropout=0.2, bidirectional=True)
+        self.gru = fastrnn.GRU(12, 5, learn_initial_state=True, layer_norm=True)
+
+    def forward(self, x, resets):
+        y, _ = self.lstm(x, resets=resets)
+        z, h_n = self.gru(y, resets=resets)
+        return z, h_n
+
+
+def _rollout(steps, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    resets = torch.rand(steps, batch, generator=g) < 0.2
+    return torch.randn(steps, batch, 3, generator=g), resets
+
+
+def test_compiled_training_step_equals_eager():
+    import torch._inductor.config as inductor_config
+    torch._dynamo.reset()
+    model = _Policy().double()
+    x, resets = _rollout(7, 3)
+    x = x.double()
+    compiled = torch.compile(model, fullgraph=True)
+
+    def step(run):
+        model.zero_grad()
+        torch.manual_seed(5)
+        z, h_n = run(x, resets)
+        (z.square().sum() + h_n.sum()).backward()
+        return z.detach(), [p.grad.clone() for p in model.parameters()]
+
+    with inductor_config.patch(fallback_random=True):
+        got, got_grads = step(compiled)
+    expected, expected_grads = step(model)
+    torch._dynamo.reset()
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    for (name, _), a, b in zip(model.named_parameters(), got_grads, expected_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_export_with_dynamic_steps_and_rows():
+    from torch.export import Dim
+    model = _Policy().eval()
+    x, resets = _rollout(6, 3)
+    steps, batch = Dim("T", min=2), Dim("B", min=2)
+    exported = torch.export.export(model, (x, resets),
+                                   dynamic_shapes=({0: steps, 1: batch}, {0: steps, 1: batch}))
+    for size in ((9, 2), (4, 5)):
+        x, resets = _rollout(*size, seed=1)
+        got, expected = exported.module()(x, resets), model(x, resets)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+
+
+def test_onnx_export_with_resets_as_a_graph_input():
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    from torch.export import Dim
+    model = _Policy().eval()
+    x, resets = _rollout(6, 3)
+    steps, batch = Dim("T"), Dim("B")
+    program = torch.onnx.export(model, (x, resets), dynamo=True,
+                                dynamic_shapes=({0: steps, 1: batch}, {0: steps, 1: batch}))
+    session = ort.InferenceSession(program.model_proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert len(names) == 2
+    for size in ((9, 2), (4, 5)):
+        x, resets = _rollout(*size, seed=2)
+        got = session.run(None, {names[0]: x.numpy(), names[1]: resets.numpy()})
+        with torch.no_grad():
+            expected = model(x, resets)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(torch.from_numpy(a), b, rtol=1e-5, atol=1e-5)
