@@ -3,7 +3,11 @@
 // the cell (Lstm or Gru policy) turns the carried d h, d c into d_gx[t] and dy, the gradient of
 // the recurrent term; the team takes dy through the recurrent layer norm to d_hh[t] (written to
 // global memory, also the input of the host's d W_hh GEMM); after a team barrier each block
-// computes its units of W_hh^T d_hh and adds d ⊙ that to the carried d h.
+// computes its units of W_hh^T d_hh and adds d ⊙ that to the carried d h.  At an episode start
+// (StepContext::starts) the carried d h (and the LSTM's d c), the gradient of the state the step
+// read, then goes to d_h_reset (d_c_reset) instead of the previous step: those [B, H] float32
+// accumulators are owned element by element by the thread that owns the cell (for_each_cell, the
+// same block and thread at every step), so they are summed without atomics, in step order.
 #pragma once
 
 #include "block_matvec.cuh"
@@ -123,6 +127,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const RecurrenceArgs
     arrays.params[idx] = 0.0f;
   }
   load_block_cells(s, args.grad_h_n, dh);
+  if (args.d_h_reset != 0) zero_block_cells(s, args.d_h_reset);
   Cell::backward_init(s);
   __syncthreads();
 
@@ -136,9 +141,13 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(const RecurrenceArgs
                  arrays.cell(kRecurrentGrad));
     for_each_cell(team, [&](int unit, int b, int i) {
       if (!s.active(b)) return;  // a skipped step passes d h through unchanged
-      const float scale = mask == nullptr ? 1.0f
-                          : to_float(mask[s.batch_index(b) * hidden + s.hidden_index(unit)]);
+      const int64_t at = s.batch_index(b) * hidden + s.hidden_index(unit);
+      const float scale = mask == nullptr ? 1.0f : to_float(mask[at]);
       dh[i] += scale * recurrent_grad[i];
+      if (s.starts(b)) {  // the state read here was h_reset (c_reset): its gradient goes there
+        dh[i] = route_episode_start(true, dh[i], as<float>(args.d_h_reset) + at);
+        Cell::backward_episode_start(s, at, i);
+      }
     });
   }
 

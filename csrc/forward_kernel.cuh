@@ -2,7 +2,9 @@
 // block keeps its W_hh rows in shared memory; per step it computes its slice of W_hh (d ⊙ h_{t-1}),
 // the team combines layer-norm statistics, and the cell (Lstm or Gru policy) updates the block's
 // units.  h is exchanged through a ping-pong buffer in global memory: step s reads state[s % 2]
-// and writes state[(s + 1) % 2], and a team barrier ends every step.
+// and writes state[(s + 1) % 2], and a team barrier ends every step.  A row that starts an
+// episode at a step (StepContext::starts) reads h_reset there instead of state[s % 2], in the
+// product and in the cell (zoneout's previous h, the GRU's h_prev); the LSTM's c likewise.
 #pragma once
 
 #include "block_matvec.cuh"
@@ -43,6 +45,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const RecurrenceArgs 
   const int64_t batch = args.batch, hidden = args.hidden;
   T* state = as<T>(args.state);
   const T* mask = as<const T>(args.recurrent_mask);
+  const T* h_reset = as<const T>(args.h_reset);
   StepContext<T> s{args, team, arrays, as<float>(args.scratch),
                    scratch_region_floats(args.plan.tiles, team.batch_tile, team.blocks),
                    static_cast<uint64_t>(*as<const int64_t>(args.seed)), 0};
@@ -62,7 +65,8 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const RecurrenceArgs 
     block_matvec(arrays.weights, gates * team.units_cap, hidden, arrays.stage, team,
                  [&](int b, int64_t k) {
                    const int64_t at = s.batch_index(b) * hidden + k;
-                   const float value = load_shared_by_team(h + at);
+                   // At an episode start the row reads h_reset (an input: no team exchange).
+                   const float value = s.starts(b) ? to_float(h_reset[at]) : load_shared_by_team(h + at);
                    // The product reads d ⊙ h rounded to the element type (docs/ops.md).
                    return mask == nullptr ? value : round_to<T>(value * to_float(mask[at]));
                  },

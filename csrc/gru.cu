@@ -30,7 +30,7 @@ struct Gru {
       }
       float hh[3];
       for (int gate = 0; gate < 3; ++gate) hh[gate] = s.recurrent_term(gate, unit, b) + s.bias(gate, unit);
-      const float h_prev = to_float(h[at]);
+      const float h_prev = s.previous_hidden(h, at, b);  // h_reset at an episode start
       const GruStep step = gru_cell(to_float(gx[base]), to_float(gx[base + hidden]),
                                     to_float(gx[base + 2 * hidden]), hh[kGateR], hh[kGateZ],
                                     hh[kGateN], h_prev, s.candidate_scale(b, unit));
@@ -50,6 +50,9 @@ struct Gru {
   template <typename T>
   __device__ static void backward_init(const StepContext<T>&) {}
 
+  template <typename T>
+  __device__ static void backward_episode_start(const StepContext<T>&, int64_t, int) {}  // h only
+
   template <typename T, class Team>
   __device__ static void backward_step(const StepContext<T>& s) {
     const RecurrenceArgs& args = s.args;
@@ -68,10 +71,11 @@ struct Gru {
         return;
       }
       const T* preact = as<const T>(args.preact) + base;
-      const int64_t previous = previous_time(s.t, s.length(b), args.reverse);
-      const float h_prev = previous < 0
-          ? to_float(as<const T>(args.h0)[batch_index * hidden + j])
-          : to_float(as<const T>(args.out)[(previous * args.batch + batch_index) * hidden + j]);
+      const int64_t previous = state_read(s.t, s.length(b), args.reverse, s.starts(b));
+      const float h_prev =
+          previous == kResetState     ? to_float(as<const T>(args.h_reset)[batch_index * hidden + j])
+          : previous == kInitialState ? to_float(as<const T>(args.h0)[batch_index * hidden + j])
+                                      : to_float(as<const T>(args.out)[(previous * args.batch + batch_index) * hidden + j]);
       const float d_h = dh[i] + to_float(as<const T>(args.grad_out)[s.step_row(b) * hidden + j]);
       const float w = s.zoneout_hidden_weight(b, unit);
       const GruGrads grads = gru_cell_backward(

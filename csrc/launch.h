@@ -31,6 +31,9 @@ struct RecurrenceArgs {
   // inputs shared by forward and backward
   uintptr_t gx = 0, w_hh = 0, b_hh = 0, ln_hh_weight = 0, ln_cell_weight = 0, ln_cell_bias = 0;
   uintptr_t h0 = 0, c0 = 0, lengths = 0, recurrent_mask = 0, seed = 0;
+  // episode starts (csrc/episodes.cuh): resets [T, B] bytes (nonzero = the step reads the reset
+  // state), h_reset / c_reset [B, H] in the element type; 0 = the call has no resets
+  uintptr_t resets = 0, h_reset = 0, c_reset = 0;
   // forward outputs (saved for backward) and the forward's ping-pong h state [2, B, H]
   uintptr_t out = 0, h_n = 0, c_n = 0, preact = 0, cell = 0, stats = 0, hidden_n = 0, state = 0;
   // backward: incoming gradients, W_hh (d ⊙ h_{t-1}) for every t when layer norm needs it
@@ -38,6 +41,9 @@ struct RecurrenceArgs {
   // backward outputs: d_hh [T, B, G·H] is the gradient that W_hh^T multiplies (may alias d_gx),
   // param_partials [tiles, 2·G·H + 2·H] per-tile sums of d b_hh, d γ_hh, d γ_c, d β_c
   uintptr_t d_gx = 0, d_hh = 0, d_h0 = 0, d_c0 = 0, param_partials = 0;
+  // with resets: d h_reset, d c_reset [B, H] float32, summed over each row's episode starts (the
+  // kernel zeroes them first; every element has one owning thread, so no atomics)
+  uintptr_t d_h_reset = 0, d_c_reset = 0;
   uintptr_t scratch = 0;
   Plan plan;
   uintptr_t stream = 0;  // cudaStream_t of the call (torch.cuda.current_stream().cuda_stream)

@@ -36,6 +36,10 @@ struct Lstm {
         c_candidate[i] = 0.0f;
         return;
       }
+      // An episode start reads c_reset (the zoneout of c below blends with it too).
+      if (s.starts(b)) {
+        c[i] = to_float(as<const T>(args.c_reset)[s.batch_index(b) * hidden + s.hidden_index(unit)]);
+      }
       float a[4];
       for (int gate = 0; gate < 4; ++gate) {
         a[gate] = (to_float(as<const T>(args.gx)[base + gate * hidden]) +
@@ -66,7 +70,8 @@ struct Lstm {
       }
       const float h_candidate = lstm_hidden(rows[s.row(kGateO, unit, b)], y);
       c[i] = zoneout_blend(c[i], c_candidate[i], s.zoneout_cell_weight(b, unit));
-      const T h_new = from_float<T>(zoneout_blend(to_float(h[at]), h_candidate, s.zoneout_hidden_weight(b, unit)));
+      const T h_new = from_float<T>(zoneout_blend(s.previous_hidden(h, at, b), h_candidate,
+                                                  s.zoneout_hidden_weight(b, unit)));
       as<T>(args.out)[saved_at] = h_new;
       as<float>(args.cell)[saved_at] = c[i];
       h_next[at] = h_new;
@@ -83,10 +88,11 @@ struct Lstm {
     const RecurrenceArgs& args = s.args;
     const int64_t hidden = args.hidden, j = s.hidden_index(unit), batch_index = s.batch_index(b);
     const T* preact = as<const T>(args.preact) + s.step_row(b) * 4 * hidden + j;
-    const int64_t previous = previous_time(s.t, s.length(b), args.reverse);
-    const float c_prev = previous < 0
-        ? to_float(as<const T>(args.c0)[batch_index * hidden + j])
-        : as<const float>(args.cell)[(previous * args.batch + batch_index) * hidden + j];
+    const int64_t previous = state_read(s.t, s.length(b), args.reverse, s.starts(b));
+    const float c_prev =
+        previous == kResetState     ? to_float(as<const T>(args.c_reset)[batch_index * hidden + j])
+        : previous == kInitialState ? to_float(as<const T>(args.c0)[batch_index * hidden + j])
+                                    : as<const float>(args.cell)[(previous * args.batch + batch_index) * hidden + j];
     return {{to_float(preact[0]), to_float(preact[hidden]), to_float(preact[2 * hidden]),
              to_float(preact[3 * hidden])},
             c_prev, s.candidate_scale(b, unit)};
@@ -95,6 +101,15 @@ struct Lstm {
   template <typename T>
   __device__ static void backward_init(const StepContext<T>& s) {
     load_block_cells(s, s.args.grad_c_n, s.arrays.cell(kDcCarry));
+    if (s.args.d_c_reset != 0) zero_block_cells(s, s.args.d_c_reset);
+  }
+
+  // At an episode start of row b (after the step's backward): d c of the state read goes to
+  // d c_reset (at = batch row · H + unit), and none is carried to the previous step.
+  template <typename T>
+  __device__ static void backward_episode_start(const StepContext<T>& s, int64_t at, int i) {
+    float* dc = s.arrays.cell(kDcCarry);
+    dc[i] = route_episode_start(true, dc[i], as<float>(s.args.d_c_reset) + at);
   }
 
   template <typename T, class Team>

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "episodes.cuh"
 #include "philox.cuh"
 #include "sequence.cuh"
 #include "shared_layout.cuh"
@@ -58,6 +59,17 @@ struct StepContext {
     return sequence_length(as<const int64_t>(args.lengths), team.b0 + b, args.steps);
   }
   __device__ bool active(int b) const { return t < length(b); }
+  // Whether row b starts an episode at this step: it reads (h_reset, c_reset), not the state its
+  // previous step (or h0 / c0) left.  False at inactive steps and for calls without resets.
+  __device__ bool starts(int b) const {
+    return args.resets != 0 &&  // first: without resets, nothing else is loaded
+           episode_start(as<const uint8_t>(args.resets), t, batch_index(b), args.batch, length(b));
+  }
+  // Forward: element `at` (= batch row · H + unit) of the h the step reads, from the state buffer
+  // `h` the previous step wrote, or from h_reset at an episode start of row b.
+  __device__ float previous_hidden(const T* h, int64_t at, int b) const {
+    return starts(b) ? to_float(as<const T>(args.h_reset)[at]) : to_float(h[at]);
+  }
   __device__ int row(int gate, int unit, int b) const {
     return (gate * team.units_cap + unit) * team.batch_tile + b;
   }
@@ -138,6 +150,14 @@ template <typename T>
 __device__ void store_block_cells(const StepContext<T>& s, const float* source, uintptr_t dest) {
   for_each_cell(s.team, [&](int unit, int b, int i) {
     as<T>(dest)[s.batch_index(b) * s.args.hidden + s.hidden_index(unit)] = from_float<T>(source[i]);
+  });
+}
+
+// dest[b, j] = 0 for the block's cells of a [B, H] float32 tensor (an accumulator the block owns).
+template <typename T>
+__device__ void zero_block_cells(const StepContext<T>& s, uintptr_t dest) {
+  for_each_cell(s.team, [&](int unit, int b, int) {
+    as<float>(dest)[s.batch_index(b) * s.args.hidden + s.hidden_index(unit)] = 0.0f;
   });
 }
 

@@ -1,6 +1,6 @@
 """The __host__ __device__ code of csrc/ run on the CPU: nvcc builds a small host library from
-philox.cuh, cell_math.cuh and sequence.cuh, and it is compared with fastrnn.masks (bit for bit)
-and with the reference cells of fastrnn.reference (values and autograd gradients).
+philox.cuh, cell_math.cuh, sequence.cuh and episodes.cuh, and it is compared with fastrnn.masks
+(bit for bit) and with the reference cells of fastrnn.reference (values and autograd gradients).
 
 Skipped where nvcc is missing.  No GPU needed.
 """
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 HOST_SOURCE = r"""
 #include <cstdint>
 #include "cell_math.cuh"
+#include "episodes.cuh"
 #include "philox.cuh"
 #include "sequence.cuh"
 using namespace fastrnn;
@@ -86,6 +87,27 @@ float zoneout_point(float previous, float candidate, float p, int training, int 
 }
 float dropout_point(float p, int training, int hit) { return dropout_scale(p, training, hit); }
 int64_t previous_step(int64_t t, int64_t length, int reverse) { return previous_time(t, length, reverse); }
+// The state every step (t, b) of a call reads, as the kernels find it: a time, kInitialState or
+// kResetState; -3 at inactive steps.  lengths may be null.
+void states_read(const uint8_t* resets, const int64_t* lengths, int64_t steps, int64_t batch, int reverse,
+                 int64_t* read) {
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t length = sequence_length(lengths, b, steps);
+      read[t * batch + b] = t < length
+          ? state_read(t, length, reverse != 0, episode_start(resets, t, b, batch, length)) : -3;
+    }
+  }
+}
+// One row's backward carry over n steps (in the backward's order): carried += increments[k], then
+// the episode start routes it to *reset_grad; carried[k] is what goes on to the step before.
+void route_row(const uint8_t* starts, const float* increments, int64_t n, float* carried, float* reset_grad) {
+  float value = 0.0f;
+  for (int64_t k = 0; k < n; ++k) {
+    value = route_episode_start(starts[k] != 0, value + increments[k], reset_grad);
+    carried[k] = value;
+  }
+}
 }
 """
 
@@ -106,6 +128,10 @@ def lib(tmp_path_factory):
     handle.dropout_point.argtypes = [ctypes.c_float, ctypes.c_int, ctypes.c_int]
     handle.previous_step.restype = ctypes.c_int64
     handle.previous_step.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    handle.states_read.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                   ctypes.c_int, ctypes.c_void_p]
+    handle.route_row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                 ctypes.c_void_p]
     handle.philox_many.argtypes = [ctypes.c_uint64, ctypes.c_uint32] + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
     handle.hits_many.argtypes = [ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int64,
                                  ctypes.c_uint32, ctypes.c_void_p]
@@ -287,3 +313,45 @@ def test_previous_step_follows_sequence_order(lib, reverse):
     order = [t for t in (range(steps - 1, -1, -1) if reverse else range(steps)) if t < length]
     expected = {t: (order[k - 1] if k > 0 else -1) for k, t in enumerate(order)}
     assert {t: lib.previous_step(t, length, int(reverse)) for t in order} == expected
+
+
+# --------------------------------------------------------------------------- episode starts
+
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5, 0]], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_state_read_matches_reference_previous_states(lib, reverse, lengths):
+    """episodes.cuh's choice of the state a step reads (its previous step's, h0 / c0, or the
+    reset state) is fastrnn.reference's at every active step, flags at padded steps ignored."""
+    steps, batch = 6, 5
+    g = torch.Generator().manual_seed(31)
+    resets = torch.rand(steps, batch, generator=g) < 0.35
+    resets[0, 0] = resets[steps - 1, 1] = True   # the first step of either order
+    resets[:, 3] = False
+    lengths_t = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    active = (torch.ones(steps, batch, dtype=torch.bool) if lengths_t is None
+              else torch.arange(steps)[:, None] < lengths_t[None, :])
+    flags = np.ascontiguousarray(resets.numpy().astype(np.uint8))  # padded steps' flags kept
+    length_array = None if lengths_t is None else np.ascontiguousarray(lengths_t.numpy())
+    read = np.zeros((steps, batch), dtype=np.int64)
+    lib.states_read(_ptr(flags), None if length_array is None else _ptr(length_array), steps, batch,
+                    int(reverse), _ptr(read))
+    # The reference on labelled states: out[t] = t, the initial state -1, the reset state -2.
+    out = torch.arange(steps, dtype=torch.float64)[:, None, None].expand(steps, batch, 1)
+    expected = R.previous_states(out, torch.full((batch, 1), -1.0, dtype=torch.float64), lengths_t,
+                                 reverse, resets & active, torch.full((batch, 1), -2.0,
+                                                                      dtype=torch.float64))
+    expected = torch.where(active, expected[..., 0].long(), torch.full_like(active, -3, dtype=torch.long))
+    assert torch.equal(torch.from_numpy(read), expected)
+    assert (read == -2).sum() == (resets & active).sum()  # no flag at a padded step is read
+
+
+def test_episode_start_routes_the_carried_gradient(lib):
+    """Backward: at an episode start the carried gradient goes to the reset state's accumulator
+    (summed over the row's starts) and nothing is carried to the step before."""
+    starts = np.array([0, 1, 0, 0, 1, 1, 0], dtype=np.uint8)
+    increments = np.array([0.5, 1.0, -2.0, 0.25, 3.0, 4.0, 1.5], dtype=np.float32)
+    carried = np.zeros(len(starts), dtype=np.float32)
+    reset_grad = np.array([10.0], dtype=np.float32)  # the kernels zero it first; here: it adds
+    lib.route_row(_ptr(starts), _ptr(increments), len(starts), _ptr(carried), _ptr(reset_grad))
+    assert carried.tolist() == [0.5, 0.0, -2.0, -1.75, 0.0, 0.0, 1.5]
+    assert reset_grad[0] == 10.0 + 1.5 + 1.25 + 4.0

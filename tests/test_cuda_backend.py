@@ -12,7 +12,9 @@ import torch
 
 from fastrnn import backends
 from fastrnn import ops
-from support import Case, cases, cast, check_against_reference, make_call, make_inputs
+from fastrnn.cells import cell_of
+from support import (RESETS, Case, case, cases, cast, check_against_reference, make_call,
+                     make_inputs, run_call)
 
 pytestmark = pytest.mark.gpu
 
@@ -59,6 +61,48 @@ def test_realistic_sizes_match_reference(cell, hidden, batch, dtype):
     case = Case(cell=cell, steps=12, batch=batch, hidden=hidden, layer_norm=True,
                 zoneout_hidden=0.1, recurrent_dropout=0.2, candidate_dropout=0.1, lengths=None)
     check_against_reference(case, "cuda", dtype, device="cuda")
+
+
+# Episode starts (resets): float32 is tests/test_resets.py's; here the half-precision types,
+# teams of several blocks and several batch tiles, and all-False flags.
+RESET_CASES = {f"{cell}-{name}": case(cell, name) for cell in ("lstm", "gru") for name in RESETS}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", list(RESET_CASES))
+def test_resets_match_reference(name, dtype):
+    check_against_reference(RESET_CASES[name], "cuda", dtype, device="cuda", generator_seed=4)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("hidden, batch", [(33, 9), (100, 70)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_resets_in_uneven_teams_and_tiles(cell, hidden, batch, reverse):
+    """Each (row, unit) of d h_reset / d c_reset is summed by the block that owns it."""
+    lengths = [4 - b % 3 for b in range(batch)]
+    test_case = Case(cell=cell, steps=4, batch=batch, hidden=hidden, layer_norm=True,
+                     zoneout_hidden=0.1, recurrent_dropout=0.2, resets=0.3, reverse=reverse,
+                     lengths=lengths)
+    check_against_reference(test_case, "cuda", torch.float32, device="cuda")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_all_false_resets_equal_no_resets(cell):
+    """The kernels' reset path with no flag set: bitwise the results without resets, and zero
+    gradients of the reset states."""
+    test_case = case(cell, "resets_everything_reverse")
+    call = make_call(test_case, make_inputs(test_case, generator_seed=6))
+    off = call._replace(resets=torch.zeros_like(call.resets))
+    got_out, got_grad = run_call(off, "cuda", torch.float32, "cuda")
+    reset_states = cell_of(call).reset_states
+    plain = call._replace(**{field: None for field in ("resets",) + reset_states})
+    want_out, want_grad = run_call(plain, "cuda", torch.float32, "cuda")
+    for key, want in want_out.items():
+        assert torch.equal(got_out[key], want), key
+    for key, want in want_grad.items():
+        assert torch.equal(got_grad[key], want), f"d{key}"
+    for field in reset_states:
+        assert torch.count_nonzero(got_grad[field]) == 0, f"d{field}"
 
 
 def test_empty_batch_returns_empty_outputs():

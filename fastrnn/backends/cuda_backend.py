@@ -13,6 +13,10 @@ per-tile parameter-gradient partials.  So csrc/ compiles without a CUDA build of
 (``.ci/compile_csrc.sh`` checks it on CPU machines), and the ops of ``fastrnn.ops`` reach it as
 ``backend="cuda"``.  Nothing here synchronizes with the host, so calls can be captured in
 CUDA graphs.  csrc/README.md describes the kernels.
+
+Optional features (``FEATURES``): episode starts ("resets": the flags and reset states go to the
+kernels, which return d h_reset / d c_reset as float32 sums); not the LSTM's proj_size, whose
+gradient comes back empty.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from .fused import (Extension, absent_gradient, check_ln_groups, recurrent_input
                     recurrent_weight_grad)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# fastrnn.backends: the optional call features the kernels run (episode starts; not proj_size).
+FEATURES = frozenset({"resets"})
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}  # csrc/dtype.cuh
 
 _extension = Extension(lambda: cuda_build.load_extension(), "CUDA extension")
@@ -125,7 +131,56 @@ def _common_inputs(call, like):
                 recurrent_mask=_kernel_input(call.recurrent_mask, dtype),
                 lengths=(None if lengths is None else
                          lengths.to(device=device, dtype=torch.int64).contiguous()),
-                seed=call.seed.to(device=device, dtype=torch.int64).contiguous())
+                seed=call.seed.to(device=device, dtype=torch.int64).contiguous(),
+                **_reset_inputs(call, like))
+
+
+def _reset_state(call, field: str) -> torch.Tensor:
+    """Reset state ``field`` (h_reset, c_reset) of a call with resets: zeros where the op call
+    left it out, as the functional layer fills it."""
+    state = getattr(call, field)
+    return torch.zeros_like(getattr(call, field.replace("_reset", "0"))) if state is None else state
+
+
+def _reset_inputs(call, like):
+    """The episode starts (``resets`` [T, B] as bytes, nonzero where a step reads the reset
+    state) and the reset states in the element type; nothing (null pointers: the kernels run as
+    without the feature) for a call without resets."""
+    if call.resets is None:
+        return {}
+    return dict(resets=call.resets.to(device=like.device, dtype=torch.uint8).contiguous(),
+                **{field: _kernel_input(_reset_state(call, field), like.dtype)
+                   for field in cell_of(call).reset_states})
+
+
+def _reset_accumulators(call, like):
+    """Backward: the kernels' float32 accumulators d_h_reset (d_c_reset) [B, H], which the
+    kernel zeroes and sums into; None (null) for a call without resets."""
+    return {f"d_{field}": (None if call.resets is None else torch.empty(
+                _reset_state(call, field).shape, device=like.device, dtype=torch.float32))
+            for field in cell_of(call).reset_states}
+
+
+def _reset_grads(call, accumulators, w_hh):
+    """The gradients of the reset states (``Cell.reset_states`` order): each accumulator in its
+    state's dtype; an empty tensor for a state the call does not give."""
+    return tuple(absent_gradient(w_hh) if getattr(call, field) is None or call.resets is None
+                 else accumulators[f"d_{field}"].to(getattr(call, field).dtype)
+                 for field in cell_of(call).reset_states)
+
+
+def _zero_reset_grads(call, w_hh):
+    """An empty call's gradients of the reset states: zeros (no step reads them), or empty."""
+    return tuple(absent_gradient(w_hh) if getattr(call, field) is None or call.resets is None
+                 else torch.zeros_like(getattr(call, field)) for field in cell_of(call).reset_states)
+
+
+def _recurrent_inputs(call, saved) -> torch.Tensor:
+    """[T, B, H] d ⊙ h_{t-1}: what each step's product read (h_reset at episode starts)."""
+    resets = None if call.resets is None else call.resets.to(saved.out.device, torch.bool)
+    return recurrent_inputs(saved.out, call.h0, call.lengths, call.recurrent_mask, call.reverse,
+                            resets, None if resets is None else _reset_state(call, "h_reset")
+                            ).contiguous()
 
 
 def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
@@ -169,15 +224,17 @@ def _lstm_backward(call, saved, grads):
     dtype = preact.dtype
     present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight,
                "ln_cell_weight": call.ln_cell_weight, "ln_cell_bias": call.ln_cell_bias}
+    # w_hr's gradient is empty (FEATURES has no proj_size); then those of h_reset, c_reset.
     if launch.empty:
         return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
-                grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone())
-    inputs = recurrent_inputs(saved.out, h0, call.lengths, call.recurrent_mask,
-                              call.reverse).contiguous()
+                grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone(), absent_gradient(w_hh),
+                *_zero_reset_grads(call, w_hh))
+    inputs = _recurrent_inputs(call, saved)
     layer_norm = call.ln_hh_weight is not None
     d_gx = torch.empty_like(preact)
     d_hh = torch.empty_like(preact) if layer_norm else d_gx  # without layer norm d_hh is d_gx
     d_h0, d_c0 = preact.new_empty(h0.shape), preact.new_empty(c0.shape)  # as the element type
+    reset_grads = _reset_accumulators(call, preact)
     partials = launch.workspace(launch.plan["tiles"], 2 * 4 * launch.hidden + 2 * launch.hidden)
     common = _common_inputs(call, preact)
     launch.launch(grad_out=grad_out.to(dtype).contiguous(),
@@ -189,10 +246,11 @@ def _lstm_backward(call, saved, grads):
                   ln_cell_weight=_kernel_input(call.ln_cell_weight, dtype),
                   ln_cell_bias=_kernel_input(call.ln_cell_bias, dtype),
                   c0=_kernel_input(c0, dtype), **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0,
-                  d_c0=d_c0, param_partials=partials, scratch=launch.scratch())
+                  d_c0=d_c0, **reset_grads, param_partials=partials, scratch=launch.scratch())
     d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
     return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], grads["ln_cell_weight"],
-            grads["ln_cell_bias"], d_h0.to(h0.dtype), d_c0.to(c0.dtype))
+            grads["ln_cell_bias"], d_h0.to(h0.dtype), d_c0.to(c0.dtype), absent_gradient(w_hh),
+            *_reset_grads(call, reset_grads, w_hh))
 
 
 # ----------------------------------------------------------------------------------------- GRU
@@ -222,12 +280,12 @@ def _gru_backward(call, saved, grads):
     present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight}
     if launch.empty:
         return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
-                grad_h_n.to(dtype).clone())
-    inputs = recurrent_inputs(saved.out, h0, call.lengths, call.recurrent_mask,
-                              call.reverse).contiguous()
+                grad_h_n.to(dtype).clone(), *_zero_reset_grads(call, w_hh))
+    inputs = _recurrent_inputs(call, saved)
     layer_norm = call.ln_hh_weight is not None
     d_gx, d_hh = torch.empty_like(preact), torch.empty_like(preact)
     d_h0 = preact.new_empty(h0.shape)  # written as the element type
+    reset_grads = _reset_accumulators(call, preact)
     partials = launch.workspace(launch.plan["tiles"], 2 * 3 * launch.hidden + 2 * launch.hidden)
     common = _common_inputs(call, preact)
     launch.launch(grad_out=grad_out.to(dtype).contiguous(),
@@ -235,10 +293,11 @@ def _gru_backward(call, saved, grads):
                   preact=preact.contiguous(), hidden_n=saved.hidden_n.contiguous(),
                   stats=saved.stats.contiguous(),
                   hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
-                  **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, param_partials=partials,
-                  scratch=launch.scratch())
+                  **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, **reset_grads,
+                  param_partials=partials, scratch=launch.scratch())
     d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
-    return d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype)
+    return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype),
+            *_reset_grads(call, reset_grads, w_hh))
 
 
 def _zero_grads(present, w_hh):
