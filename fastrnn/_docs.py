@@ -96,6 +96,15 @@ hx: the initial state{hx_plural}: {hx_shapes}, without the B axis for unbatched 
 lengths: for padded input, B ints L_b in [1, T] (a list, tuple or 1-D integer tensor): sequence
     b runs steps t < L_b, its state stops there and its output is zero after it. Not with a
     PackedSequence (it carries its own) or unbatched input. Default: None (all T steps).
+resets: episode starts for reinforcement learning: a bool tensor of the input's leading shape,
+    (T, B), (B, T) with ``batch_first`` or (T,) unbatched; True at (t, b) means row b starts a
+    new episode at step t. Every layer and direction then runs each episode as its own
+    sequence: the forward direction restarts from the fresh initial state (zeros, or the learned
+    one with ``learn_initial_state``), its first episode from hx unless it starts at t = 0; the
+    reverse direction runs
+    each episode from its last step, its last episode from hx. No gradient crosses a start,
+    starts at padded steps are ignored, and the recurrent-dropout mask stays one per row for
+    the whole call. Not with a PackedSequence (pad it and pass lengths). Default: None.
 """
 
 OUTPUTS = """\
@@ -122,7 +131,7 @@ CLASS = """\
 {shapes}
 Args:
 {args}
-Inputs: input, hx=None, lengths=None
+Inputs: input, hx=None, lengths=None, resets=None
 {inputs}
 Outputs: output, {outputs_line}
 {outputs}
@@ -238,7 +247,7 @@ def class_doc(facts: CellFacts) -> str:
 
 
 def forward_doc(facts: CellFacts) -> str:
-    """``forward``'s docstring: input, hx, lengths and the returns."""
+    """``forward``'s docstring: input, hx, lengths, resets and the returns."""
     parts = _parts(facts)
     return FORWARD.format(**parts)
 
