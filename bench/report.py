@@ -288,27 +288,38 @@ def headline_table(document: dict) -> str:
     return _header(document) + "\n" + rows_table(rows, document)
 
 
+def _find_row(document: dict, impl: str, cell: str, mode: str,
+              shape: Optional[dict] = None) -> Optional[dict]:
+    """The row of ``impl`` for ``cell`` and ``mode`` (at ``shape``'s B, H, T when given)."""
+    for row in document["rows"]:
+        if (row["impl"], row["cell"], row["mode"]) == (impl, cell, mode) and (
+                shape is None or (row["B"], row["H"], row["T"]) == (shape["B"], shape["H"],
+                                                                    shape["T"])):
+            return row
+    return None
+
+
+def _table_ms(row: Optional[dict]) -> str:
+    """A README table's time of a row: its median ms, and how loaded the machine was."""
+    if row is None or row["ms"] is None:
+        return "—"
+    return f"{row['ms']:.3g}" + (f" (loaded {row['load_ratio']:.2g}×)" if row.get("loaded")
+                                 else "")
+
+
+def _table_ratio(row: Optional[dict], other: Optional[dict]) -> str:
+    return "—" if row is None or other is None or not other["ms"] else \
+        f"{row['ms'] / other['ms']:.2f}×"
+
+
 def cpu_table(document: dict) -> str:
     """The README's CPU table: at the CPU grid's two shapes, each cell's fastrnn-cpu row beside
     the torch loop, the plain torch.nn cell and the reference, with the ratios taken within the
     run; a loaded row says so."""
     def find(impl, cell, shape, mode):
-        for row in document["rows"]:
-            if (row["impl"], row["cell"], row["mode"]) == (impl, cell, mode) and \
-                    (row["B"], row["H"], row["T"]) == (shape["B"], shape["H"], shape["T"]):
-                return row
-        return None
+        return _find_row(document, impl, cell, mode, shape)
 
-    def ms(row):
-        if row is None or row["ms"] is None:
-            return "—"
-        return f"{row['ms']:.3g}" + (f" (loaded {row['load_ratio']:.2g}×)" if row.get("loaded")
-                                     else "")
-
-    def ratio(row, other):
-        return "—" if row is None or other is None or not other["ms"] else \
-            f"{row['ms'] / other['ms']:.2f}×"
-
+    ms, ratio = _table_ms, _table_ratio
     lines = ["| shape | cell | mode | fastrnn-cpu ms | torch loop ms | torch.nn ms (plain cell) "
              "| reference ms | × loop | × torch.nn |", "|---|---|---|---|---|---|---|---|---|"]
     for label, shape in (("RL", CPU_RL), ("LM", CPU_LM)):
@@ -331,21 +342,9 @@ def rl_table(document: dict) -> str:
     resets beside the same row without them, the user's loop with a ``torch.where`` reset per
     step, and torch.nn's plain cell on the split segments, ratios taken within the run."""
     def find(impl, cell, mode):
-        for row in document["rows"]:
-            if (row["impl"], row["cell"], row["mode"]) == (impl, cell, mode):
-                return row
-        return None
+        return _find_row(document, impl, cell, mode)
 
-    def ms(row):
-        if row is None or row["ms"] is None:
-            return "—"
-        return f"{row['ms']:.3g}" + (f" (loaded {row['load_ratio']:.2g}×)" if row.get("loaded")
-                                     else "")
-
-    def ratio(row, other):
-        return "—" if row is None or other is None or not other["ms"] else \
-            f"{row['ms'] / other['ms']:.2f}×"
-
+    ms, ratio = _table_ms, _table_ratio
     fused = sorted({row["impl"] for row in document["rows"]
                     if row["impl"].startswith("fastrnn-")})
     lines = ["| backend | cell | mode | with resets ms | without ms | torch loop ms | "

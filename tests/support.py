@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Dict, Optional
 
 import torch
@@ -382,3 +383,18 @@ def variant_runs():
 # ill-conditioned enough that the reference itself misses the tolerance.
 HALF_PRECISION = ("plain", "zoneout", "reverse_lengths", "layer_norm", "layer_norm_per_gate",
                   "everything", "everything_per_gate_reverse")
+
+
+def option_helps(help_text: str) -> Dict[str, str]:
+    """An argparse ``--help`` text -> {invocation: its help text} (after two spaces or on the
+    indented lines below), without ``-h, --help``."""
+    helps: Dict[str, str] = {}
+    invocation = None
+    for line in help_text.splitlines():
+        if line.startswith("  ") and not line.startswith("   "):
+            invocation, *text = re.split(r"\s{2,}", line.strip(), maxsplit=1)
+            helps[invocation] = " ".join(text)
+        elif line.startswith("   ") and invocation is not None:
+            helps[invocation] += " " + line.strip()
+    helps.pop("-h, --help", None)
+    return helps

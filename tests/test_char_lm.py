@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
-import re
 
 import pytest
+
+from support import option_helps
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "char_lm.py"
 
@@ -39,14 +40,7 @@ def test_help_describes_every_option_and_its_default(char_lm, capsys):
     """--help: each argument (the positional text too) has a description and its default."""
     with pytest.raises(SystemExit):
         char_lm.parse_args(["--help"])
-    helps = {}  # invocation -> its help text: after two spaces or on the lines below, indented
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("  ") and not line.startswith("   "):
-            invocation, *text = re.split(r"\s{2,}", line.strip(), maxsplit=1)
-            helps[invocation] = " ".join(text)
-        elif line.startswith("   ") and helps:
-            helps[invocation] += " " + line.strip()
-    del helps["-h, --help"]
+    helps = option_helps(capsys.readouterr().out)
     assert len(helps) == 16, helps
     undescribed = [name for name, text in helps.items()
                    if "(default: " not in text or not text.split("(default: ")[0].strip()]

@@ -50,6 +50,10 @@ def test_compiled_inference_equals_eager():
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
 
 
+# The exhaustive tier: the quick tier's compiled training step is tests/test_resets.py's (a
+# layer-norm LSTM with zoneout and recurrent dropout, a GRU with a learned state); this one adds
+# dropconnect, inter-layer dropout and a residual GRU at 54 s on 2 cores.
+@pytest.mark.slow
 def test_compiled_training_step_equals_eager():
     """Same seed, same masks: inductor must leave torch.randint/dropout to aten (its own
     generator would draw other seeds), hence fallback_random."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import pathlib
-import re
 
 import pytest
+
+from support import option_helps
 import torch
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rl_recall.py"
@@ -96,14 +97,7 @@ def test_help_describes_every_option_and_its_default(rl_recall, capsys):
     """--help: each option has a description and its default."""
     with pytest.raises(SystemExit):
         rl_recall.parse_args(["--help"])
-    helps = {}  # invocation -> its help text: after two spaces or on the lines below, indented
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("  ") and not line.startswith("   "):
-            invocation, *text = re.split(r"\s{2,}", line.strip(), maxsplit=1)
-            helps[invocation] = " ".join(text)
-        elif line.startswith("   ") and helps:
-            helps[invocation] += " " + line.strip()
-    del helps["-h, --help"]
+    helps = option_helps(capsys.readouterr().out)
     for option in ("--device", "--backend", "--updates", "--seed", "--plot", "--envs",
                    "--rollout"):
         assert any(name.startswith(option + " ") for name in helps), (option, helps)
