@@ -10,8 +10,10 @@ import torch
 QUICK_CASES = {
     # Tilings: every tiling with the GRU's broadest option set and with the plain LSTM (the LSTM's
     # options run at the default tiling, and its persistent splits in test_interleaved.py).
+    # Episode starts: the per-step driver with several splits and batch tiles, both cells.
     "test_tiling_variant": lambda p: (p["cell"], p["options"]) in {
-        ("gru", "everything_per_gate_reverse"), ("lstm", "plain")},
+        ("gru", "everything_per_gate_reverse"), ("lstm", "plain")} or (
+        p["options"].startswith("resets") and p["variant"] == "driver_2_splits_2_batch_tiles"),
     # Gradchecks: every option at once (per-gate norm, reverse), the eval path, the projection,
     # lengths and the smallest shape; the other option sets are subsets of these paths.
     "test_gradcheck_op": lambda p: p["name"] in GRADCHECK_QUICK,

@@ -346,7 +346,7 @@ def tiling_case(cell: str, options: str, variant: str):
     variant's lengths replace them, or they are dropped where the variant sets none)."""
     sizes, tiling = TILINGS[variant]
     overrides = dict(sizes)
-    if "lengths" in OPTIONS[options] and "lengths" not in sizes:
+    if "lengths" in {**OPTIONS, **PROJECTION, **RESETS}[options] and "lengths" not in sizes:
         overrides["lengths"] = None
     return case(cell, options, **overrides), tiling
 
