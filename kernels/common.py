@@ -348,6 +348,26 @@ def with_first_rows(x, initial_ptr, rows, row_ok, first, k: tl.constexpr, H, cfg
 
 
 @triton.jit
+def step_starts(resets_ptr, t, rows, row_ok, active, T, B):
+    """Which rows start an episode at step t (``resets`` [T, B] uint8): they read the reset
+    state instead of the one their previous step left.  Flags where the row does not run at t,
+    and any t outside [0, T), are ignored."""
+    ok = row_ok & active & rows_where(rows, (t >= 0) & (t < T))
+    flags = tl.load(resets_ptr + t * B + rows, mask=ok, other=0)
+    return ok & (flags != 0)
+
+
+@triton.jit
+def with_rows_of(x, ptr, rows, row_ok, which, units, unit_ok, H):
+    """Tile x [units, rows] with the rows of ``which`` replaced by those of ``ptr`` [B, H]
+    (a reset state).  Most steps have no such row: then nothing is loaded."""
+    if tl.max(which.to(tl.int32), axis=0) > 0:
+        x = select_first(which, load_units(ptr, rows, row_ok & which, units, unit_ok, H, False),
+                         x)
+    return x
+
+
+@triton.jit
 def clamped_step(t, T):
     """A step index that exists (for loads whose rows are replaced where it does not)."""
     return tl.minimum(tl.maximum(t, 0), T - 1)

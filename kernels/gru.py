@@ -12,7 +12,7 @@ import triton.language as tl
 from .common import (
     dropout_scale, load_slots, load_units, round_to, rows_where, select_first, sigmoid,
     slot_columns, stack4, step_mask_index, step_slab, store_gates, store_slots, store_units, tanh,
-    unstack4, zoneout_weight)
+    unstack4, with_rows_of, zoneout_weight)
 
 
 
@@ -94,8 +94,8 @@ def final_cell_grad(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, first, io, dims,
-                   rates, consts, cfg: tl.constexpr):
+def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, first, start, io,
+                   dims, rates, consts, cfg: tl.constexpr):
     """Step t's chain rule from dh_t to d(q) = (d a_r, d a_z, d a_n ⊙ r): (P, Q, R, (), context)
     with no row sums (Q, R unused)."""
     T, B, H = dims
@@ -113,6 +113,8 @@ def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, 
                          H, False)
     h_prev = select_first(first, load_units(io.h0, rows, ok & first, units, unit_ok, H, False),
                           carried)
+    if cfg.RESETS:
+        h_prev = with_rows_of(h_prev, io.h_reset, rows, row_ok, start, units, unit_ok, H)
     seed = tl.load(io.seed)
     index = step_mask_index(t, rows, units, B, H)
     scale = dropout_scale(seed, cfg.KIND_CANDIDATE, index, rates.candidate_dropout, cfg.CANDIDATE)

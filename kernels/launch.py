@@ -45,6 +45,12 @@ class ForwardIO(NamedTuple):
     preact: torch.Tensor                # [T, B, G·H]
     middle: torch.Tensor                # [T, B, H]: the LSTM's cell (float32), the GRU's q_n
     stats: Optional[torch.Tensor]       # [T, B, S] float32 (layer norm on)
+    # Episode starts (``Options.resets``): step t of row b reads these states instead of those
+    # its previous step left (None without resets).
+    resets: Optional[torch.Tensor] = None   # [T, B] uint8: the flags
+    h_reset: Optional[torch.Tensor] = None  # [B, H]
+    x_reset: Optional[torch.Tensor] = None  # d ⊙ h_reset: the recurrent input at a start
+    c_reset: Optional[torch.Tensor] = None  # [B, H] (LSTM)
 
 
 class BackwardIO(NamedTuple):
@@ -73,6 +79,14 @@ class BackwardIO(NamedTuple):
     # [batch tiles, 2·G·H (+ 2·H)] float32 partial rows of the parameter gradients: a
     # workspace ``backward`` allocates (callers leave it None).
     param_grads: Optional[torch.Tensor] = None
+    # Episode starts (``Options.resets``; None without): the flags and reset states as in
+    # ``ForwardIO``, and the results d_h_reset, d_c_reset [B, H] (``backward`` accumulates them
+    # in float32 workspaces and copies them there).
+    resets: Optional[torch.Tensor] = None
+    h_reset: Optional[torch.Tensor] = None
+    c_reset: Optional[torch.Tensor] = None
+    d_h_reset: Optional[torch.Tensor] = None
+    d_c_reset: Optional[torch.Tensor] = None
 
 
 class Rates(NamedTuple):
@@ -94,6 +108,7 @@ class Options(NamedTuple):
     kind_zoneout_cell: int     # mask kinds of the per-step masks
     kind_zoneout_hidden: int
     kind_candidate: int
+    resets: bool = False       # episode starts (the IO's resets, h_reset, ... are given)
 
 
 class Dims(NamedTuple):
@@ -162,6 +177,7 @@ class Config(NamedTuple):
     CANDIDATE: bool
     TRAINING: bool
     REVERSE: bool
+    RESETS: bool               # episode starts (kernels/recurrence.py); off: none of it compiled
     DOT_DTYPE: Any
     PRECISION: str
     EPS: float
@@ -378,7 +394,8 @@ def _config(tiling: Tiling, dims: Dims, options: Options, rates: Rates, dtype, d
         PUBLISH_ZONEOUT=cell_norm and zone_h and options.training, HOIST=tiling.hoist,
         ZONE_C=rates.zoneout_cell[1] > 0, ZONE_H=zone_h,
         CANDIDATE=options.training and rates.candidate_dropout[1] > 0,
-        TRAINING=options.training, REVERSE=options.reverse, DOT_DTYPE=operand,
+        TRAINING=options.training, REVERSE=options.reverse, RESETS=options.resets,
+        DOT_DTYPE=operand,
         PRECISION=precision, EPS=options.eps, KIND_ZONEOUT_CELL=options.kind_zoneout_cell,
         KIND_ZONEOUT_HIDDEN=options.kind_zoneout_hidden, KIND_CANDIDATE=options.kind_candidate,
         STATS=(2 * groups + 2 * cell_norm) if options.layer_norm else 0,
@@ -672,8 +689,16 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
                                    device=device)
     given = io
     io = io._replace(param_grads=param_grads)
+    if cfg.RESETS:
+        # Every program adds to its own rows and units at each episode start: float32
+        # accumulators, fresh for each run (an aborted launch's rerun starts from zero).
+        io = io._replace(
+            d_h_reset=_float_workspace(batch, hidden, device=device),
+            d_c_reset=(_float_workspace(batch, hidden, device=device)
+                       if given.d_c_reset is not None else None))
     if tiling.persistent:
         plan.launch(recurrence.backward_persistent, (io, work, dims, rates))
+        _reset_results(given, io)
         summed = param_grads.sum(0)
         _watched(plan, dims, options, work.sync,
                  lambda: summed.copy_(backward(given, rates, options, persistent=False)))
@@ -688,4 +713,13 @@ def backward(io: BackwardIO, rates: Rates, options: Options,
     for t in order:
         for phase in phases:
             plan.launch(recurrence.backward_phase, (io, work, dims, rates, t), PHASE=phase.value)
+    _reset_results(given, io)
     return param_grads.sum(0)
+
+
+def _reset_results(given: BackwardIO, io: BackwardIO) -> None:
+    """The reset states' gradients, from the launch's float32 accumulators into the results."""
+    if given.d_h_reset is not None and io.d_h_reset is not None:
+        given.d_h_reset.copy_(io.d_h_reset)
+    if given.d_c_reset is not None and io.d_c_reset is not None:
+        given.d_c_reset.copy_(io.d_c_reset)

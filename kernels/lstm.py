@@ -23,8 +23,8 @@ from .common import (
     add_chunk_product, clamped_step, column_moments, dropout_scale, empty_product, in_range,
     load_chunk, load_slots, load_units, load_vector_chunk, norm_statistics, parameter_row,
     publish_row_values, round_to, rows_where, select_first, sigmoid, slot_columns, stack4,
-    step_geometry, step_mask_index, step_slab, store_gates, store_slots, store_units, tanh,
-    unstack4, with_first_rows, zoneout_weight)
+    step_geometry, step_mask_index, step_slab, step_starts, store_gates, store_slots, store_units,
+    tanh, unstack4, with_first_rows, with_rows_of, zoneout_weight)
 
 # Fields of one step's half [3, B, H] of the cell exchange (``_exchange``; cell norm only).
 CANDIDATE_FIELD = tl.constexpr(0)   # c~
@@ -189,6 +189,11 @@ def own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims,
                              unit_ok, H, True)
         before = select_first(first, load_units(io.h0, rows, ok & first, units, unit_ok, H,
                                                 False), carried)
+        if cfg.RESETS:
+            # That step started an episode: it read (and zoned out towards) the reset state.
+            before = with_rows_of(before, io.h_reset, rows, row_ok,
+                                  step_starts(io.resets, previous_t, rows, row_ok, active, T, B),
+                                  units, unit_ok, H)
     h = _hidden_from_exchange(c_tilde, o, keep, before, mean[None, :], rstd[None, :],
                               gamma[:, None], beta[:, None], cfg)
     live = active[None, :]
@@ -204,13 +209,18 @@ def own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims,
 
 
 @triton.jit
-def merged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io, work, dims,
-                   rates, cfg: tl.constexpr):
+def merged_product(t, previous_t, first, start, rows, row_ok, weights, cols, col_ok, io, work,
+                   dims, rates, cfg: tl.constexpr):
     """W_slice · x_{t-1}ᵀ with x_{t-1} = d ⊙ h_{t-1} for every unit of the rows, h_{t-1} computed
-    from the previous step's cell exchange (h0 on a row's first step)."""
+    from the previous step's cell exchange (h0 on a row's first step, h_reset on an episode
+    start; the zoneout of h_{t-1} towards the state step t - 1 read, h_reset where that step
+    started an episode)."""
     T, B, H = dims
     lengths = tl.load(io.lengths + rows, mask=row_ok, other=0).to(tl.int32)
-    _, first_before, _, before_t = step_geometry(previous_t, lengths, cfg.REVERSE)
+    active_before, first_before, _, before_t = step_geometry(previous_t, lengths, cfg.REVERSE)
+    start_before = first_before  # (unused without resets)
+    if cfg.RESETS:
+        start_before = step_starts(io.resets, previous_t, rows, row_ok, active_before, T, B)
     exchange, moments = _exchange(work, previous_t, B, H, cfg)
     mean, rstd = _cell_statistics(moments, rows, row_ok, H, cfg)
     # Rows on their first step take h0 (``with_first_rows``): the exchange is read for every row
@@ -229,11 +239,16 @@ def merged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io
             before = load_chunk(step_slab(io.out, clamped_step(before_t, T), B, H), rows,
                                 rows_mask, k, H, cfg, True)
             before = with_first_rows(before, io.h0, rows, row_ok, first_before, k, H, cfg)
+            if cfg.RESETS:
+                before = with_first_rows(before, io.h_reset, rows, row_ok, start_before, k, H,
+                                         cfg)
         h = _hidden_from_exchange(c_tilde, o, keep, before, mean[None, :], rstd[None, :],
                                   load_vector_chunk(io.ln_cell_w, k, H, cfg)[:, None],
                                   load_vector_chunk(io.ln_cell_b, k, H, cfg)[:, None], cfg)
         h = round_to(h, io.out.dtype.element_ty).to(tl.float32)
         h = with_first_rows(h, io.h0, rows, row_ok, first, k, H, cfg)
+        if cfg.RESETS:
+            h = with_first_rows(h, io.h_reset, rows, row_ok, start, k, H, cfg)
         if io.rmask is not None:
             h = h * load_chunk(io.rmask, rows, rows_mask, k, H, cfg, False)
         acc = add_chunk_product(acc, weights, io.w_hh, cols, col_ok, k, h, H, cfg)
@@ -262,8 +277,8 @@ def final_cell_grad(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, first, io, dims,
-                   rates, consts, cfg: tl.constexpr):
+def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, first, start, io,
+                   dims, rates, consts, cfg: tl.constexpr):
     """Step t's chain rule from the carries to the gates: (P, Q, R, the cell-norm row sums,
     context) with d a = P + S1·Q + S2·R (Q, R unused without the cell norm)."""
     T, B, H = dims
@@ -289,6 +304,8 @@ def backward_local(dh, dc, t, previous_t, rows, row_ok, units, unit_ok, active, 
                          unit_ok, H, False)
     c_prev = select_first(first, load_units(io.c0, rows, ok & first, units, unit_ok, H, False),
                           carried)
+    if cfg.RESETS:
+        c_prev = with_rows_of(c_prev, io.c_reset, rows, row_ok, start, units, unit_ok, H)
     c_new = f * c_prev + i * (tanh_g * scale)
     if cfg.CELL_NORM:
         stats_row = step_slab(io.stats, t, B, cfg.STATS) + rows * cfg.STATS

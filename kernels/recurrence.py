@@ -33,6 +33,13 @@ Two drivers run the same step functions:
   FASTRNN_TRITON_PERSISTENT=0, and tilings of several splits under the interpreter (where
   programs run one after another) use it.
 
+Episode starts (``cfg.RESETS``): a row whose step t is flagged in ``io.resets`` reads the reset
+state there (h_reset, c_reset; x_reset = d ⊙ h_reset in the recurrent product) instead of the
+one its previous step left, as on a first step it reads the initial state; backward, the
+gradient of the state read there is added to d_h_reset (d_c_reset), a float32 accumulator each
+program owns for its rows and units, and the carries become zero.  Without resets none of this
+is compiled.
+
 A batch tile runs only to its longest sequence; its later steps of out (forward) and of d_gx,
 d_hh (backward) are zero-filled.  Rows past their own end emit zeros and carry their state (or
 gradient) through unchanged.
@@ -45,8 +52,8 @@ from .common import (
     group_moments, hoisted_weights, in_range, load_chunk, load_gate_vector, load_slots,
     load_units, norm_statistics, parameter_row, program_tile, publish_row_values,
     publish_transposed_product, reduce_transposed_product, row_geometry, rows_where, split_sum,
-    stack4, step_slab, store_slots, store_units, tile_barrier, tile_steps, time_of_step,
-    unstack4, with_first_rows)
+    stack4, step_slab, step_starts, store_slots, store_units, tile_barrier, tile_steps,
+    time_of_step, unstack4, with_first_rows, with_rows_of)
 
 # Per-step phases of the ``*_phase`` kernels (the persistent kernels run them all in one).
 PHASE_NORM = tl.constexpr(0)     # forward: publish the layer-norm moments of W_hh x
@@ -83,11 +90,12 @@ def gate_vectors(ptr, units, unit_ok, H, cfg: tl.constexpr):
 # ----------------------------------------------------------------------------------- forward
 
 @triton.jit
-def exchanged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io, work, dims,
-                      cfg: tl.constexpr):
+def exchanged_product(t, previous_t, first, start, rows, row_ok, weights, cols, col_ok, io, work,
+                      dims, cfg: tl.constexpr):
     """W_slice · x_{t-1}ᵀ with x_{t-1} = d ⊙ h_{t-1} for every unit of the rows: what the splits
     wrote at the previous step (``work.inputs`` [2, B, H] by step parity with a recurrent mask,
-    else ``out`` itself), or x0 = d ⊙ h0 on a row's first step."""
+    else ``out`` itself), or x0 = d ⊙ h0 on a row's first step (x_reset = d ⊙ h_reset on an
+    episode start, ``start``)."""
     T, B, H = dims
     if work.inputs is not None:
         previous = work.inputs + ((t + 1) % 2) * B * H
@@ -97,6 +105,8 @@ def exchanged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok,
     for k in tl.static_range(cfg.NUM_K):
         x = load_chunk(previous, rows, in_range(row_ok, cfg), k, H, cfg, True)
         x = with_first_rows(x, io.x0, rows, row_ok, first, k, H, cfg)
+        if cfg.RESETS:
+            x = with_first_rows(x, io.x_reset, rows, row_ok, start, k, H, cfg)
         acc = add_chunk_product(acc, weights, io.w_hh, cols, col_ok, k, x, H, cfg)
     return acc
 
@@ -154,14 +164,22 @@ def forward_step(t, steps, h_prev, c_prev, gx, syncs, ok, io, work, dims, rates,
     T, B, H = dims
     pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
+    start = first  # (unused without resets)
+    if cfg.RESETS:
+        start = step_starts(io.resets, t, rows, row_ok, active, T, B)
     if cfg.MERGED:
-        hh = CELL.merged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io,
-                                 work, dims, rates, cfg)
+        hh = CELL.merged_product(t, previous_t, first, start, rows, row_ok, weights, cols, col_ok,
+                                 io, work, dims, rates, cfg)
     else:
-        hh = exchanged_product(t, previous_t, first, rows, row_ok, weights, cols, col_ok, io,
-                               work, dims, cfg)
+        hh = exchanged_product(t, previous_t, first, start, rows, row_ok, weights, cols, col_ok,
+                               io, work, dims, cfg)
     terms, syncs, ok = normalized_recurrent_terms(hh, t, pc, rows, row_ok, units, unit_ok, active,
                                                   io, work, dims, consts, syncs, ok, cfg)
+    if cfg.RESETS:
+        if not cfg.MERGED:  # (the cell exchange's h_{t-1} is made in ``merged_product``)
+            h_prev = with_rows_of(h_prev, io.h_reset, rows, row_ok, start, units, unit_ok, H)
+        if io.c_reset is not None:
+            c_prev = with_rows_of(c_prev, io.c_reset, rows, row_ok, start, units, unit_ok, H)
     h_prev, c_prev = CELL.forward_cell(terms, unstack4(gx), h_prev, c_prev, t, rows, row_ok, units,
                                        unit_ok, active, first, last, io, work, dims, rates,
                                        cell_consts, writes(PHASE_CELL, cfg), cfg)
@@ -320,11 +338,14 @@ def backward_step(t, steps, dh, dc, syncs, ok, io, work, dims, rates, weights, c
     T, B, H = dims
     pb, rows, row_ok, pc, units, unit_ok, cols, col_ok = program_tile(B, H, cfg)
     active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
+    start = first  # (unused without resets)
+    if cfg.RESETS:
+        start = step_starts(io.resets, t, rows, row_ok, active, T, B)
     live = active[None, :] & row_ok[None, :]
     gamma, rmask = consts
     p, q, r, cell_sums, context = CELL.backward_local(dh, dc, t, previous_t, rows, row_ok, units,
-                                                      unit_ok, active, first, io, dims, rates,
-                                                      cell_consts, cfg)
+                                                      unit_ok, active, first, start, io, dims,
+                                                      rates, cell_consts, cfg)
     s1 = tl.zeros([cfg.BLOCK_B], tl.float32)
     s2 = s1
     d_terms = p
@@ -386,12 +407,31 @@ def backward_step(t, steps, dh, dc, syncs, ok, io, work, dims, rates, weights, c
         if io.rmask is not None:
             through = through * rmask
         dh_prev = direct + through
+        if cfg.RESETS:
+            dh_prev, dc_prev = reset_gradients(start, dh_prev, dc_prev, rows, row_ok, units,
+                                               unit_ok, io, H)
         store_units(io.d_h0, rows, row_ok & first, units, unit_ok, H, dh_prev)
         if io.d_c0 is not None:
             store_units(io.d_c0, rows, row_ok & first, units, unit_ok, H, dc_prev)
         dh = tl.where(live, dh_prev, dh)
         dc = tl.where(live, dc_prev, dc)
     return dh, dc, syncs, ok
+
+
+@triton.jit
+def reset_gradients(start, dh_prev, dc_prev, rows, row_ok, units, unit_ok, io, H):
+    """At an episode start the gradient of the state the step read goes to the reset state
+    (added to the float32 accumulators d_h_reset, d_c_reset), none to the previous step."""
+    if tl.max(start.to(tl.int32), axis=0) > 0:
+        ok = row_ok & start
+        store_units(io.d_h_reset, rows, ok, units, unit_ok, H,
+                    load_units(io.d_h_reset, rows, ok, units, unit_ok, H, False) + dh_prev)
+        dh_prev = tl.where(start[None, :], 0.0, dh_prev)
+        if io.d_c_reset is not None:
+            store_units(io.d_c_reset, rows, ok, units, unit_ok, H,
+                        load_units(io.d_c_reset, rows, ok, units, unit_ok, H, False) + dc_prev)
+            dc_prev = tl.where(start[None, :], 0.0, dc_prev)
+    return dh_prev, dc_prev
 
 
 @triton.jit

@@ -8,12 +8,15 @@ import torch
 # ``_label``); the rest are marked slow and run in the exhaustive tier
 # (`bash scripts/test.sh --slow`, which CI runs too).
 QUICK_CASES = {
-    # Tilings: every tiling with the GRU's broadest option set, and the LSTM's options with
-    # several splits and batch tiles of the per-step driver (its options run at the default
-    # tiling, and its persistent splits in test_interleaved.py).
+    # Tilings: every tiling with the GRU's broadest option set; the LSTM's options, and episode
+    # starts for both cells, with several splits and batch tiles of the per-step driver (the
+    # LSTM's options run at the default tiling, and its persistent splits in
+    # test_interleaved.py).
     "test_tiling_variant": lambda p: (p["cell"], p["options"]) == (
-        "gru", "everything_per_gate_reverse") or (p["cell"], p["options"], p["variant"]) == (
-        "lstm", "everything", "driver_2_splits_2_batch_tiles"),
+        "gru", "everything_per_gate_reverse") or (
+        p["variant"] == "driver_2_splits_2_batch_tiles" and (
+            (p["cell"], p["options"]) == ("lstm", "everything")
+            or p["options"].startswith("resets"))),
     # Gradchecks: every option at once (per-gate norm, reverse), the eval path, the projection,
     # lengths and the smallest shape; the other option sets are subsets of these paths.
     "test_gradcheck_op": lambda p: p["name"] in GRADCHECK_QUICK,

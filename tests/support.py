@@ -344,11 +344,14 @@ TILINGS: Dict[str, tuple] = {
 def tiling_case(cell: str, options: str, variant: str):
     """(case, tiling fields) of option set ``options`` run with tiling ``variant`` of TILINGS at
     the sizes that variant needs (an option set's own lengths fit its own batch only: the
-    variant's lengths replace them, or they are dropped where the variant sets none)."""
+    variant's lengths replace them, with the batch they fit, or they are dropped where the
+    variant sets none)."""
     sizes, tiling = TILINGS[variant]
     overrides = dict(sizes)
-    if "lengths" in OPTIONS[options] and "lengths" not in sizes:
+    if "lengths" in {**OPTIONS, **PROJECTION, **RESETS}[options] and "lengths" not in sizes:
         overrides["lengths"] = None
+    if "lengths" in sizes and "batch" not in sizes:
+        overrides["batch"] = len(sizes["lengths"])   # whatever batch the option set has
     return case(cell, options, **overrides), tiling
 
 

@@ -72,11 +72,20 @@ OPTION_GROUPS = {
     "everything": ("everything", {}),
     "everything_per_gate_reverse": ("everything_per_gate_reverse", {}),
     "everything_eval": ("everything_eval", {}),
+    # Episode starts (support.RESETS): the reset state replaces the exchanged recurrent input
+    # (and, for the layer-norm LSTM, h_{t-1} computed from the cell exchange and the state its
+    # zoneout keeps), the carried c; backward, the carries go to the reset states' gradients.
+    "resets_everything_reverse": ("resets_everything_reverse", {}),
+    "resets_eval": ("resets_eval", {}),
 }
 # The default tier's shape per option group: every shape with and without layer norm.
 DEFAULT_SHAPE = {"plain": "streamed_narrow_chunks", "regularized_reverse": "2_splits_2_tiles",
                  "everything": "3_splits", "everything_per_gate_reverse": "2_splits_2_tiles",
-                 "everything_eval": "3_splits_streamed"}
+                 "everything_eval": "3_splits_streamed",
+                 "resets_everything_reverse": "2_splits_2_tiles", "resets_eval": None}
+# Option groups whose default-tier shape runs under one seeded schedule only (the schedules'
+# own coverage comes from the groups above; these add the paths of one feature).
+ONE_SCHEDULE_GROUPS = ("resets_everything_reverse",)
 # Option groups the default tier also runs under round-robin.  Lock-step hides a barrier that
 # opens early (every program has arrived by the time any leaves), but it lets a program run
 # from one barrier to the next before its partners move on: into the next step's writes of a
@@ -142,6 +151,8 @@ def runs(tier):
                 in_default = shape == DEFAULT_SHAPE[group]
                 lock_step_in_default = in_default and group in LOCK_STEP_GROUPS
                 if tier == "default":
+                    if group in ONE_SCHEDULE_GROUPS:
+                        seeded = seeded[:1]
                     chosen = ([lock_step] if lock_step_in_default else []) \
                         + (seeded if in_default else [])
                 else:

@@ -42,7 +42,8 @@ def test_each_option_default_tiling(name):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("options", ["plain", "everything", "everything_per_gate_reverse"])
+@pytest.mark.parametrize("options", ["plain", "everything", "everything_per_gate_reverse",
+                                     "resets_everything_reverse"])
 @pytest.mark.parametrize("variant", list(TILINGS))
 @pytest.mark.parametrize("cell", CELLS)
 def test_tiling_variant(cell, variant, options):
@@ -55,6 +56,27 @@ def test_tiling_variant(cell, variant, options):
 @pytest.mark.parametrize("name", list(cases(HALF_PRECISION, hidden=24)))
 def test_half_precision(name, dtype):
     check(cases(HALF_PRECISION, hidden=24)[name], dtype)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cell", CELLS)
+def test_all_false_resets_are_bitwise_no_resets(cell):
+    """Resets given but never set: the kernels compiled with episode starts give the bits of
+    those without (tests/test_resets.py states this of the modules, in float64, which Triton
+    does not run), and the reset states get zero gradients."""
+    c = case(cell, "everything_per_gate_reverse", resets=0.3)
+    tensors = cast(make_inputs(c, generator_seed=8), torch.float32, "cpu")
+    tensors["resets"] = torch.zeros_like(tensors["resets"])
+    with_resets = make_call(c, tensors)
+    without = with_resets._replace(**{name: None for name in ("resets", *c.spec.reset_states)})
+    results = [support.run_call(call, "triton", torch.float32) for call in (without, with_resets)]
+    (out, grads), (out_resets, grads_resets) = results
+    for name, value in out.items():
+        assert torch.equal(out_resets[name], value), name
+    for name, value in grads.items():
+        assert torch.equal(grads_resets[name], value), f"d{name}"
+    for name in c.spec.reset_states:
+        assert torch.equal(grads_resets[name], torch.zeros_like(grads_resets[name])), f"d{name}"
 
 
 def test_default_gpu_tiling_fits_the_machine():

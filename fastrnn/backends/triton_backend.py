@@ -6,7 +6,8 @@ call and the kernels, which know nothing of fastrnn: it allocates the results, d
 kernels take (mask thresholds and kinds, the layer-norm epsilon, the recurrent inputs), and
 does the work around the recurrence in torch: the layer-norm backward's W_hh (d ⊙ h_{t-1}) of
 every step, the d W_hh product over every step (both in the input dtype) and the split of the
-parameter gradients.
+parameter gradients.  Episode starts (feature "resets") run in every driver: the flags go to the
+kernels as [T, B] uint8, the reset states as [B, H] (and d ⊙ h_reset for the recurrent product).
 
 ``FASTRNN_TRITON_PERSISTENT=0`` makes every call use the per-step driver (one launch per phase
 per step) instead of the persistent kernels; a persistent launch whose grid barrier gives up is
@@ -24,6 +25,7 @@ from ..cells import LAYER_NORM_EPS, cell_of
 from .fused import absent_gradient, new_output, recurrent_inputs, recurrent_weight_grad
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FEATURES = frozenset({"resets"})  # fastrnn.backends: the optional call features it runs
 
 
 def unavailable():
@@ -74,7 +76,8 @@ def _options(cell, call, kernels):
         ln_groups=call.ln_groups, layer_norm=call.ln_hh_weight is not None,
         training=bool(call.training), reverse=bool(call.reverse), eps=LAYER_NORM_EPS,
         kind_zoneout_cell=kinds.get("zoneout_cell", M.ZONEOUT_CELL),
-        kind_zoneout_hidden=kinds["zoneout_hidden"], kind_candidate=kinds["candidate_dropout"])
+        kind_zoneout_hidden=kinds["zoneout_hidden"], kind_candidate=kinds["candidate_dropout"],
+        resets=call.resets is not None)
 
 
 def _contiguous(tensor, dtype=None):
@@ -88,6 +91,11 @@ def _lengths(call, steps, batch, device):
     if call.lengths is None:
         return torch.full((batch,), steps, dtype=torch.int64, device=device)
     return call.lengths.to(device=device, dtype=torch.int64).contiguous()
+
+
+def _resets(call):
+    """The episode-start flags as the kernels read them: [T, B] uint8 (None without resets)."""
+    return None if call.resets is None else call.resets.to(torch.uint8).contiguous()
 
 
 def forward(call, save=True):
@@ -128,6 +136,12 @@ def forward(call, save=True):
         lengths=_lengths(call, steps, batch, device), rmask=rmask, seed=call.seed.contiguous(),
         out=out, h_n=h_n, c_n=c_n, preact=preact, middle=middle,
         stats=stats if layer_norm else None)
+    if call.resets is not None:
+        h_reset = _contiguous(call.h_reset, dtype)
+        io = io._replace(
+            resets=_resets(call), h_reset=h_reset,
+            x_reset=h_reset if rmask is None else (h_reset * rmask).contiguous(),
+            c_reset=_contiguous(call.c_reset, dtype) if lstm else None)
     kernels.forward(io, _rates(call, kernels), _options(cell, call, kernels),
                     persistent=_persistent())
     return (out, *finals, preact, middle, stats)
@@ -153,7 +167,11 @@ def backward(call, saved, grads):
     d_h0 = new_output(batch, hidden, dtype=dtype, device=device)
     d_c0 = new_output(batch, hidden, dtype=dtype, device=device) if lstm else None
     rmask = _contiguous(call.recurrent_mask, dtype)
-    h_in = recurrent_inputs(out, call.h0, call.lengths, rmask, call.reverse).contiguous()
+    h_in = recurrent_inputs(out, call.h0, call.lengths, rmask, call.reverse, call.resets,
+                            call.h_reset).contiguous()
+    resets = call.resets is not None
+    d_h_reset = new_output(batch, hidden, dtype=dtype, device=device) if resets else None
+    d_c_reset = new_output(batch, hidden, dtype=dtype, device=device) if resets and lstm else None
     parameters = torch.zeros(2 * gates * hidden + (2 * hidden if lstm and layer_norm else 0),
                              dtype=torch.float32, device=device)
     if batch > 0 and steps > 0:
@@ -171,6 +189,10 @@ def backward(call, saved, grads):
             h0=_contiguous(call.h0, dtype), c0=_contiguous(call.c0, dtype) if lstm else None,
             lengths=_lengths(call, steps, batch, device), rmask=rmask,
             seed=call.seed.contiguous(), d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, d_c0=d_c0)
+        if resets:
+            io = io._replace(resets=_resets(call), h_reset=_contiguous(call.h_reset, dtype),
+                             c_reset=_contiguous(call.c_reset, dtype) if lstm else None,
+                             d_h_reset=d_h_reset, d_c_reset=d_c_reset)
         parameters = kernels.backward(io, _rates(call, kernels), _options(cell, call, kernels),
                                       persistent=_persistent())
     else:
@@ -179,6 +201,9 @@ def backward(call, saved, grads):
         d_h0.copy_(grads[1])
         if lstm:
             d_c0.copy_(grads[2])
+        for grad in (d_h_reset, d_c_reset):
+            if grad is not None:
+                grad.zero_()
     w_hh = call.w_hh
     width = gates * hidden
 
@@ -194,4 +219,11 @@ def backward(call, saved, grads):
     results.append(d_h0.to(call.h0.dtype))
     if lstm:
         results.append(d_c0.to(call.c0.dtype))
+    if resets:
+        # In ``cell.differentiable`` order: the LSTM's w_hr (no projection here) comes first.
+        if lstm:
+            results.append(absent_gradient(w_hh))
+        results.append(d_h_reset.to(call.h_reset.dtype))
+        if lstm:
+            results.append(d_c_reset.to(call.c_reset.dtype))
     return tuple(results)
