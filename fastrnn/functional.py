@@ -25,7 +25,8 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
     """gx = W_ih x + b_ih (or γ_ih ⊙ N(W_ih x) + b_ih) for all steps: one GEMM, one norm pass.
 
     The layer norm over ``ln_groups`` slices with a per-element gain is exactly group norm over
-    the G·H features, whose fused kernel saves only its input and statistics for backward.
+    the G·H features (layer norm for one group), whose fused kernel saves only its input and
+    statistics for backward.
     Groups of huge values are first brought to a size whose float32 statistics do not overflow
     (``reference.norm_scale``): one more pass over W_ih x, and ``ln_groups`` more saved values
     per (t, b), the factors.
@@ -35,7 +36,13 @@ def project_input(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], ln_ih_weight:
         return gx if b_ih is None else gx + b_ih
     grouped = gx.reshape(-1, ln_groups, gx.shape[-1] // ln_groups)
     scaled = (grouped * norm_scale(grouped)).reshape(-1, gx.shape[-1])
-    flat = F.group_norm(scaled, ln_groups, ln_ih_weight, b_ih, eps=LAYER_NORM_EPS)
+    if ln_groups == 1:
+        # The same function as group norm with one group, and the same saved tensors; on CPU
+        # torch's layer-norm kernels (forward and backward) are about 5x faster than its
+        # group-norm kernels (82 vs 16 ms at [8192, 512], 1 thread).
+        flat = F.layer_norm(scaled, (gx.shape[-1],), ln_ih_weight, b_ih, eps=LAYER_NORM_EPS)
+    else:
+        flat = F.group_norm(scaled, ln_groups, ln_ih_weight, b_ih, eps=LAYER_NORM_EPS)
     return flat.reshape(gx.shape)
 
 
