@@ -19,7 +19,9 @@ export TRITON_INTERPRET="${TRITON_INTERPRET:-1}"
 verbosity=(-q)
 tier=(-m "not slow")
 cores=$(nproc)
-workers=(-n "${FASTRNN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}")
+# worksteal: a worker that runs out of tests takes some of another's, so that the tier does not
+# end on one worker finishing a queue of slow tests while the others idle.
+workers=(-n "${FASTRNN_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}" --dist worksteal)
 arguments=()
 for argument in "$@"; do
     case "$argument" in

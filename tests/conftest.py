@@ -8,59 +8,70 @@ import torch
 # ``_label``); the rest are marked slow and run in the exhaustive tier
 # (`bash scripts/test.sh --slow`, which CI runs too).
 QUICK_CASES = {
-    # Tilings: every tiling with the GRU's broadest option set; the LSTM's options, and episode
-    # starts for both cells, with several splits and batch tiles of the per-step driver (the
-    # LSTM's options run at the default tiling, and its persistent splits in
-    # test_interleaved.py).
-    "test_tiling_variant": lambda p: (p["cell"], p["options"]) == (
-        "gru", "everything_per_gate_reverse") or (
-        p["variant"] == "driver_2_splits_2_batch_tiles" and (
-            (p["cell"], p["options"]) == ("lstm", "everything")
-            or p["options"].startswith("resets"))),
+    # Tilings of the per-step driver (several splits and batch tiles, a streamed weight, whole
+    # blocks without masks) with the GRU's broadest option set; the LSTM's options and episode
+    # starts for both cells with several splits and batch tiles.  The persistent kernels' splits,
+    # tiles and streamed chunks run in test_interleaved.py, the LSTM's options at the default
+    # tiling.
+    "test_tiling_variant": lambda p: (
+        (p["cell"], p["options"]) == ("gru", "everything_per_gate_reverse")
+        and p["variant"] in ("driver_2_splits_2_batch_tiles", "driver_streamed", "whole_blocks")
+    ) or (p["variant"] == "driver_2_splits_2_batch_tiles" and (
+        (p["cell"], p["options"]) == ("lstm", "everything") or p["options"].startswith("resets"))),
     # Gradchecks: every option at once (per-gate norm, reverse), the eval path, the projection,
     # lengths and the smallest shape; the other option sets are subsets of these paths.
     "test_gradcheck_op": lambda p: p["name"] in GRADCHECK_QUICK,
     "test_gradcheck_reference": lambda p: p["path"] in GRADCHECK_QUICK,
-    "test_every_result_is_written": lambda p: not (p["cell"] == "lstm" and "driver" in p["_id"]),
+    "test_every_result_is_written": lambda p: p["_id"] in ("lstm-persistent", "gru-driver"),
     "test_export_with_lengths_runs_in_onnxruntime": lambda p: p["name"] in (
-        "lstm", "gru_zoneout_regularized", "layer_norm_gru_per_gate"),
+        "gru_zoneout_regularized", "layer_norm_gru_per_gate"),
     "test_module_matches_reference": lambda p: not (
         p["backend"] == "triton" and (p["name"] == "ln_lstm" or p["training"] == "True")),
     # Option sets at the default tiling: those that join several options (every path of each
     # option runs in one of them) and the edge cases (zoneout 1, one step, short tiles, eval).
     "test_each_option_default_tiling": lambda p: p["name"].split("-", 1)[1] in {
         "everything", "everything_per_gate_reverse", "everything_eval", "zoneout_one",
-        "one_row_one_step", "tile_shorter_than_T", "layer_norm_no_bias", "zoneout_eval",
-        "candidate_dropout_eval"},
-    # The padding values: NaN through every model and layout; huge and Inf through the
-    # layer-norm LSTM (the norms are what they could break).
+        "one_row_one_step", "tile_shorter_than_T"},
+    # The padding values: NaN through every model, and every layout of the layer-norm LSTM;
+    # huge and Inf through the layer-norm LSTM (the norms are what they could break).
     "test_padding_reaches_no_output_and_no_gradient": lambda p: (
         p["backend"] == "cpu" or (p["backend"] == "triton" and p["name"] in ("lstm", "ln_gru"))
-        or (p["backend"] == "reference" and (p["poison"] == "nan" or p["name"] == "ln_lstm"))),
-    # Persistent splits interleaved: every option group and shape under the seeded random
-    # schedule, plus one skewed and one round-robin run; the sweep has the rest.
-    "test_persistent_splits_match_the_reference": lambda p: (
-        p["_id"].endswith("random_1_memory") or p["_id"] in (
-            "gru-regularized_reverse-2_splits_2_tiles-skewed_2_memory",
-            "lstm-plain-streamed_narrow_chunks-round_robin")),
-    # Aborts: a partner that never runs (forward), one that stops mid-protocol (backward) and
-    # the one-poll spin limit.
+        or (p["backend"] == "reference" and p["name"] == "ln_lstm" and (
+            p["poison"] == "nan" or p["_id"].endswith("tensor-seq_first")))
+        or (p["backend"] == "reference" and p["poison"] == "nan"
+            and p["_id"].endswith("list-batch_first"))),
+    # Persistent splits interleaved: every option group and shape once, each cell in most of
+    # them, under the three schedules; the sweep has the rest.
+    "test_persistent_splits_match_the_reference": lambda p: p["_id"] in (
+        "lstm-plain-streamed_narrow_chunks-round_robin",
+        "gru-plain-streamed_narrow_chunks-random_1_memory",
+        "lstm-regularized_reverse-2_splits_2_tiles-skewed_2_memory",
+        "gru-regularized_reverse-2_splits_2_tiles-random_1_memory",
+        "lstm-everything-3_splits-random_1_memory",
+        "lstm-everything_per_gate_reverse-2_splits_2_tiles-random_1_memory",
+        "gru-everything_eval-3_splits_streamed-random_1_memory") or (
+        p["group"].startswith("resets") and p["_id"].endswith("random_1_memory")),
+    # Aborts: a partner that never runs (forward), one that stops mid-protocol (backward).
     "test_an_abort_ends_in_the_per_step_rerun": lambda p: p["_id"] in (
-        "forward_partner_never_runs-gru", "backward_partner_stops_mid_protocol-lstm",
-        "one_poll-gru"),
+        "forward_partner_never_runs-gru", "backward_partner_stops_mid_protocol-lstm"),
+    "test_opcheck_forward": lambda p: p["name"] in OPCHECK_QUICK,
+    "test_opcheck_backward": lambda p: p["name"] in OPCHECK_QUICK,
     "test_export_runs_in_onnxruntime": lambda p: p["name"] in (
         "lstm", "gru_batch_first_no_bias", "lstm_proj_size", "layer_norm_lstm_proj_zoneout",
         "layer_norm_gru_per_gate", "gru_zoneout_regularized"),
-    "test_half_precision": lambda p: "name" not in p or p["name"] in (
-        "gru-everything_per_gate_reverse", "lstm-plain") or (
-        p["name"] == "lstm-everything_per_gate_reverse" and p["dtype"] == "torch.bfloat16"),
+    "test_half_precision": lambda p: "name" not in p or (p["name"], p["dtype"]) in (
+        ("gru-everything_per_gate_reverse", "torch.bfloat16"), ("lstm-plain", "torch.float16"),
+        ("lstm-everything_per_gate_reverse", "torch.bfloat16")),
     # Episode starts: the reference's gradcheck with every option, and in eval mode.
     "test_reference_gradcheck": lambda p: p["name"] in (
-        "lstm-resets_everything_reverse", "gru-resets_everything_reverse", "lstm-resets_eval"),
+        "lstm-resets_everything_reverse", "gru-resets_eval"),
     "test_fused_backend_within_tolerance": lambda p: p["backend"] != "triton" or p["name"] in (
         "lstm-resets_everything_reverse", "gru-resets_everything_reverse",
         "lstm-resets_layer_norm_per_gate", "gru-resets"),
 }
+# torch.library.opcheck: each cell with every option, in eval mode, and the projection.
+OPCHECK_QUICK = {"lstm-everything_per_gate_reverse", "gru-everything_per_gate_reverse",
+                 "gru-everything_eval", "lstm-projection_everything_eval"}
 GRADCHECK_QUICK = {"everything_per_gate_reverse", "everything_eval", "projection_everything_eval",
                    "lengths", "one_row_one_step", "dropconnect"}
 

@@ -202,12 +202,15 @@ def test_input_layer_norm_of_huge_values_is_the_math(path, ln_groups):
 
 
 @pytest.mark.parametrize("ln_groups", [1, 4])
-def test_input_layer_norm_of_ordinary_values_is_group_norm_bit_for_bit(ln_groups):
-    """Below 2^40 nothing is rescaled: the projection is exactly F.group_norm of W_ih x."""
+def test_input_layer_norm_of_ordinary_values_is_torchs_kernel_bit_for_bit(ln_groups):
+    """Below 2^40 nothing is rescaled: the projection is exactly torch's norm of W_ih x
+    (F.layer_norm for one group, F.group_norm per gate)."""
     x, w_ih, bias, gamma = (t.float() for t in _projection_inputs(ln_groups, [1.0, 1e5, 1e11]))
     gx = x @ w_ih.t()
-    expected = F.group_norm(gx.reshape(-1, gx.shape[-1]), ln_groups, gamma, bias,
-                            eps=LAYER_NORM_EPS).reshape(gx.shape)
+    flat = gx.reshape(-1, gx.shape[-1])
+    expected = (F.layer_norm(flat, (gx.shape[-1],), gamma, bias, eps=LAYER_NORM_EPS)
+                if ln_groups == 1 else
+                F.group_norm(flat, ln_groups, gamma, bias, eps=LAYER_NORM_EPS)).reshape(gx.shape)
     assert torch.equal(project_input(x, w_ih, bias, gamma, ln_groups), expected)
 
 
