@@ -318,9 +318,9 @@ def test_test_script_arguments(tmp_path, given, expected):
     in a copy whose setup.sh does nothing and whose .venv's python prints the arguments it gets
     (and so also "imports" xdist)."""
     cores = min(4, len(os.sched_getaffinity(0)))
+    workers = ["-n", str(cores), "--dist", "worksteal"] if cores > 1 else []
     expected = [part for item in expected
-                for part in ((["-n", str(cores)] if cores > 1 else []) if item == "WORKERS"
-                             else [item])]
+                for part in (workers if item == "WORKERS" else [item])]
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "test.sh", tmp_path / "scripts" / "test.sh")
     (tmp_path / "scripts" / "setup.sh").write_text("exit 0\n")
