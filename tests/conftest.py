@@ -9,18 +9,21 @@ import torch
 # (`bash scripts/test.sh --slow`, which CI runs too).
 QUICK_CASES = {
     # Tilings of the per-step driver (several splits and batch tiles, a streamed weight, whole
-    # blocks without masks) with the GRU's broadest option set; the LSTM's options and episode
-    # starts for both cells with several splits and batch tiles.  The persistent kernels' splits,
+    # blocks without masks) with the GRU's broadest option set; episode starts with every other
+    # option (layer norm, regularizers, reverse, lengths) for both cells with several splits
+    # and batch tiles.  The persistent kernels' splits,
     # tiles and streamed chunks run in test_interleaved.py, the LSTM's options at the default
     # tiling.
     "test_tiling_variant": lambda p: (
         (p["cell"], p["options"]) == ("gru", "everything_per_gate_reverse")
         and p["variant"] in ("driver_2_splits_2_batch_tiles", "driver_streamed", "whole_blocks")
-    ) or (p["variant"] == "driver_2_splits_2_batch_tiles" and (
-        (p["cell"], p["options"]) == ("lstm", "everything") or p["options"].startswith("resets"))),
+    ) or (p["variant"] == "driver_2_splits_2_batch_tiles" and p["options"].startswith("resets")),
     # Gradchecks: every option at once (per-gate norm, reverse), the eval path, the projection,
     # lengths and the smallest shape; the other option sets are subsets of these paths.
-    "test_gradcheck_op": lambda p: p["name"] in GRADCHECK_QUICK,
+    # (The per-gate norm backward of the reference is held to the cpu kernels' in float64 by
+    # tests/test_cpu_backend.py, whose gradcheck covers it: 10-24 s of gradcheck here.)
+    "test_gradcheck_op": lambda p: p["name"] in GRADCHECK_QUICK and (
+        p["name"] != "everything_per_gate_reverse"),
     "test_gradcheck_reference": lambda p: p["path"] in GRADCHECK_QUICK,
     "test_every_result_is_written": lambda p: p["_id"] in ("lstm-persistent", "gru-driver"),
     "test_export_with_lengths_runs_in_onnxruntime": lambda p: p["name"] in (
@@ -65,6 +68,15 @@ QUICK_CASES = {
     # Episode starts: the reference's gradcheck with every option, and in eval mode.
     "test_reference_gradcheck": lambda p: p["name"] in (
         "lstm-resets_everything_reverse", "gru-resets_eval"),
+    # Module-level episode starts under the Triton interpreter (2 bidirectional layers, 10-30 s
+    # each): the GRU's gradient isolation and training step; the op-level cases, the bitwise
+    # all-False check of tests/test_triton.py and the reference and cpu runs cover the rest.
+    "test_no_gradient_crosses_a_reset": lambda p: p["_id"] != "lstm-triton",
+    "test_module_equals_reference_in_training": lambda p: p["_id"] != "lstm-triton",
+    "test_all_false_resets_are_bitwise_no_resets": lambda p: p.get("backend") != "triton",
+    "test_resets_at_padded_steps_are_ignored": lambda p: p.get("backend") != "triton",
+    # Inference memory: the cpu backend's for both cells, the reference's mechanism once.
+    "test_inference_keeps_only_outputs_and_states": lambda p: p["_id"] != "lstm-everything-reference",
     "test_fused_backend_within_tolerance": lambda p: p["backend"] != "triton" or p["name"] in (
         "lstm-resets_everything_reverse", "gru-resets_everything_reverse",
         "lstm-resets_layer_norm_per_gate", "gru-resets"),
