@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import io
 import json
@@ -133,7 +132,8 @@ def record(cell_name: str, batch: int, hidden: int, dtype: torch.dtype, mode: st
     launches = []
     overrides = launch.forced_tiling(**tiling) if tiling else contextlib.nullcontext()
     with launch.target_sm_count(SM_COUNT), overrides, launch.recording() as recorded:
-        outputs = triton_backend.forward(call)
+        # A forward-only row runs without gradients: the inference forward, no saved tensors.
+        outputs = triton_backend.forward(call, save=mode == "train")
         launches += [entry + ("forward",) for entry in recorded]
         recorded.clear()
         if mode == "train":
@@ -319,13 +319,13 @@ def static_rows(cells: Iterable[str], shapes: Iterable[Tuple[int, int, str]],
 
 
 def _distinct(rows: List[dict]) -> List[dict]:
-    """gru_reg's inference forward is its training forward (bench/grid.py: it runs in train mode,
-    masks drawn, in both modes): one row."""
+    """One row per compiled kernel and mode: a forward row of each mode (the inference forward
+    writes no saved tensor, so it is its own kernel), the backward once."""
     seen, kept = set(), []
     for row in rows:
         key = (row["cell"], row["B"], row["H"], row["dtype"], row["pass"], row["kernel"],
-               row["registers"], row["shared_bytes"], row["mode"] if row["pass"] == "forward"
-               and row["cell"] != "gru_reg" else "")
+               row["registers"], row["shared_bytes"],
+               row["mode"] if row["pass"] == "forward" else "")
         if key not in seen:
             seen.add(key)
             kept.append(row)
@@ -341,7 +341,7 @@ COLUMNS = ("cell", "B", "H", "dtype", "mode", "pass", "kernel", "grid", "ctas", 
 
 
 def markdown(document: dict) -> str:
-    lines = [f"# Static facts of the Triton kernels (sm_90, compiled, no GPU run)\n",
+    lines = ["# Static facts of the Triton kernels (sm_90, compiled, no GPU run)\n",
              f"triton {document['triton']}, target {document['target']}, {document['date']}. "
              "Registers, spills and shared memory are read from the compiled kernels; "
              "`est_us_per_step` is an **estimate** (assumptions below), not a measurement; "

@@ -14,7 +14,7 @@ namespace fastrnn {
 
 template <typename T>
 __device__ void write_forward_stats(const StepContext<T>& s) {
-  if (s.team.rank != 0) return;  // every rank holds the same combined statistics
+  if (s.team.rank != 0 || !s.saves()) return;  // every rank holds the same combined statistics
   const int groups = static_cast<int>(s.args.ln_groups);
   const bool cell_columns = s.stats_width() > 2 * groups;
   const bool cell_norm = s.args.ln_cell_weight != 0;

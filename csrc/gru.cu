@@ -22,8 +22,10 @@ struct Gru {
       const int64_t at = s.batch_index(b) * hidden + j, saved_at = s.step_row(b) * hidden + j;
       const int64_t base = s.step_row(b) * 3 * hidden + j;
       if (!s.active(b)) {
-        for (int gate = 0; gate < 3; ++gate) preact[base + gate * hidden] = from_float<T>(0.0f);
-        as<T>(args.hidden_n)[saved_at] = from_float<T>(0.0f);
+        if (s.saves()) {
+          for (int gate = 0; gate < 3; ++gate) preact[base + gate * hidden] = from_float<T>(0.0f);
+          as<T>(args.hidden_n)[saved_at] = from_float<T>(0.0f);
+        }
         as<T>(args.out)[saved_at] = from_float<T>(0.0f);
         h_next[at] = h[at];
         return;
@@ -35,10 +37,12 @@ struct Gru {
                                     to_float(gx[base + 2 * hidden]), hh[kGateR], hh[kGateZ],
                                     hh[kGateN], h_prev, s.candidate_scale(b, unit));
       const T h_new = from_float<T>(zoneout_blend(h_prev, step.h, s.zoneout_hidden_weight(b, unit)));
-      preact[base] = from_float<T>(step.a_r);
-      preact[base + hidden] = from_float<T>(step.a_z);
-      preact[base + 2 * hidden] = from_float<T>(step.a_n);
-      as<T>(args.hidden_n)[saved_at] = from_float<T>(hh[kGateN]);
+      if (s.saves()) {
+        preact[base] = from_float<T>(step.a_r);
+        preact[base + hidden] = from_float<T>(step.a_z);
+        preact[base + 2 * hidden] = from_float<T>(step.a_n);
+        as<T>(args.hidden_n)[saved_at] = from_float<T>(hh[kGateN]);
+      }
       as<T>(args.out)[saved_at] = h_new;
       h_next[at] = h_new;
     });

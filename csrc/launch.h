@@ -34,7 +34,8 @@ struct RecurrenceArgs {
   // episode starts (csrc/episodes.cuh): resets [T, B] bytes (nonzero = the step reads the reset
   // state), h_reset / c_reset [B, H] in the element type; 0 = the call has no resets
   uintptr_t resets = 0, h_reset = 0, c_reset = 0;
-  // forward outputs (saved for backward) and the forward's ping-pong h state [2, B, H]
+  // forward outputs and the forward's ping-pong h state [2, B, H]; preact, cell, stats and
+  // hidden_n are saved for backward, all 0 when none will follow (nothing is written then)
   uintptr_t out = 0, h_n = 0, c_n = 0, preact = 0, cell = 0, stats = 0, hidden_n = 0, state = 0;
   // backward: incoming gradients, W_hh (d ⊙ h_{t-1}) for every t when layer norm needs it
   uintptr_t grad_out = 0, grad_h_n = 0, grad_c_n = 0, hh = 0;

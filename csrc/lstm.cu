@@ -32,7 +32,9 @@ struct Lstm {
     for_each_cell(s.team, [&](int unit, int b, int i) {
       const int64_t base = s.step_row(b) * 4 * hidden + s.hidden_index(unit);
       if (!s.active(b)) {
-        for (int gate = 0; gate < 4; ++gate) preact[base + gate * hidden] = from_float<T>(0.0f);
+        if (s.saves()) {
+          for (int gate = 0; gate < 4; ++gate) preact[base + gate * hidden] = from_float<T>(0.0f);
+        }
         c_candidate[i] = 0.0f;
         return;
       }
@@ -45,7 +47,7 @@ struct Lstm {
         a[gate] = (to_float(as<const T>(args.gx)[base + gate * hidden]) +
                    s.recurrent_term(gate, unit, b)) + s.bias(gate, unit);
         rows[s.row(gate, unit, b)] = a[gate];  // a_o is read again after the cell norm
-        preact[base + gate * hidden] = from_float<T>(a[gate]);
+        if (s.saves()) preact[base + gate * hidden] = from_float<T>(a[gate]);
       }
       c_candidate[i] = lstm_candidate_cell({a[kGateI], a[kGateF], a[kGateG], a[kGateO]}, c[i],
                                            s.candidate_scale(b, unit));
@@ -58,7 +60,7 @@ struct Lstm {
       const int64_t at = s.batch_index(b) * hidden + j, saved_at = s.step_row(b) * hidden + j;
       if (!s.active(b)) {
         as<T>(args.out)[saved_at] = from_float<T>(0.0f);
-        as<float>(args.cell)[saved_at] = 0.0f;
+        if (s.saves()) as<float>(args.cell)[saved_at] = 0.0f;
         h_next[at] = h[at];
         return;
       }
@@ -73,7 +75,7 @@ struct Lstm {
       const T h_new = from_float<T>(zoneout_blend(s.previous_hidden(h, at, b), h_candidate,
                                                   s.zoneout_hidden_weight(b, unit)));
       as<T>(args.out)[saved_at] = h_new;
-      as<float>(args.cell)[saved_at] = c[i];
+      if (s.saves()) as<float>(args.cell)[saved_at] = c[i];
       h_next[at] = h_new;
     });
   }

@@ -83,6 +83,9 @@ struct StepContext {
     if (args.ln_hh_weight == 0) return 0;
     return 2 * static_cast<int>(args.ln_groups) + (args.gates == 4 ? 2 : 0);
   }
+  // Whether the forward writes what the backward reads (preact, cell or hidden_n, stats): not
+  // when no backward will follow, where the op's inference passes null pointers for them all.
+  __device__ bool saves() const { return args.preact != 0; }
   // Row b of `stats` at this step: written by the forward, read by the backward.
   __device__ float* saved_stats(int b) const {
     return as<float>(args.stats) + step_row(b) * stats_width();

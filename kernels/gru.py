@@ -27,7 +27,8 @@ def initial_states(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, dims, cfg: tl.constexpr):
+def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, work, dims,
+                    cfg: tl.constexpr):
     T, B, H = dims
     h0, _ = initial_states(io, rows, row_ok, units, unit_ok, H, cfg)
     # A row past its length is not at its first step either: at the call's first step it would
@@ -71,10 +72,11 @@ def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, act
         store_units(step_slab(io.out, t, B, H), rows, row_ok, units, unit_ok, H,
                     tl.where(live, h_t, 0.0))
         store_units(io.h_n, rows, row_ok & last, units, unit_ok, H, h_t)
-        store_gates(step_slab(io.preact, t, B, 3 * H), rows, row_ok, units, unit_ok, H, live,
-                    (a_r, a_z, a_n), cfg)
-        store_units(step_slab(io.middle, t, B, H), rows, row_ok, units, unit_ok, H,
-                    tl.where(live, terms[2], 0.0))
+        if io.preact is not None:  # (None, and middle too: no backward will follow)
+            store_gates(step_slab(io.preact, t, B, 3 * H), rows, row_ok, units, unit_ok, H, live,
+                        (a_r, a_z, a_n), cfg)
+            store_units(step_slab(io.middle, t, B, H), rows, row_ok, units, unit_ok, H,
+                        tl.where(live, terms[2], 0.0))
         if work.inputs is not None:
             store_units(work.inputs + (t % 2) * B * H, rows, row_ok, units, unit_ok, H,
                         h_t * rmask)

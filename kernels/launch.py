@@ -42,8 +42,10 @@ class ForwardIO(NamedTuple):
     out: torch.Tensor                   # results from here on
     h_n: torch.Tensor
     c_n: Optional[torch.Tensor]
-    preact: torch.Tensor                # [T, B, G·H]
-    middle: torch.Tensor                # [T, B, H]: the LSTM's cell (float32), the GRU's q_n
+    # What the backward reads: all three None when no backward will follow (inference), and
+    # then the kernels write none of it.
+    preact: Optional[torch.Tensor]      # [T, B, G·H]
+    middle: Optional[torch.Tensor]      # [T, B, H]: the LSTM's cell (float32), the GRU's q_n
     stats: Optional[torch.Tensor]       # [T, B, S] float32 (layer norm on)
     # Episode starts (``Options.resets``): step t of row b reads these states instead of those
     # its previous step left (None without resets).
@@ -125,6 +127,7 @@ class _Work(NamedTuple):
     exchange: Optional[torch.Tensor] = None  # LSTM cell norm: [2, 3, B, H] by parity: c~, σ(o), zoneout bit
     cell_moments: Optional[torch.Tensor] = None  # LSTM cell norm: [2, B', 3, SPLITS'] by parity
     inputs: Optional[torch.Tensor] = None    # recurrent dropout, no cell norm: [2, B, H] d ⊙ h by parity
+    cells: Optional[torch.Tensor] = None     # per-step LSTM forward saving no cell: [2, B, H] c by parity
     sums: Optional[torch.Tensor] = None      # backward layer norm: [B', SUM_SLOTS, SPLITS']
     shares: Optional[torch.Tensor] = None    # backward: [2, SPLITS, SPLITS, B, BLOCK_U]
     carries: Optional[torch.Tensor] = None   # per-step backward: [2, 2, B, H] dh, dc by parity
@@ -634,7 +637,8 @@ def _plan(dims: Dims, options: Options, rates: Rates, dtype, device, persistent:
 
 
 def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = True) -> None:
-    """Runs one forward recurrence, writing io.out, h_n, (c_n), preact, middle, (stats)."""
+    """Runs one forward recurrence, writing io.out, h_n, (c_n) and, when given, preact, middle,
+    (stats)."""
     steps, batch = io.gx.shape[0], io.gx.shape[1]
     hidden = io.w_hh.shape[1]
     dims = Dims(steps, batch, hidden)
@@ -650,7 +654,10 @@ def forward(io: ForwardIO, rates: Rates, options: Options, persistent: bool = Tr
         cell_moments=(_float_workspace(2, plan.padded, 3, cfg.SPLITS_P2, device=device)
                       if cfg.MERGED else None),
         inputs=(torch.zeros(2, batch, hidden, dtype=dtype, device=device)
-                if io.rmask is not None and not cfg.MERGED else None))
+                if io.rmask is not None and not cfg.MERGED else None),
+        cells=(_float_workspace(2, batch, hidden, device=device)
+               if io.c0 is not None and io.middle is None and not plan.tiling.persistent
+               else None))
     if plan.tiling.persistent:
         plan.launch(recurrence.forward_persistent, (io, work, dims, rates))
         _watched(plan, dims, options, work.sync,

@@ -53,15 +53,29 @@ def initial_states(io, rows, row_ok, units, unit_ok, H, cfg: tl.constexpr):
 
 
 @triton.jit
-def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, dims, cfg: tl.constexpr):
-    """(h, c) of the program's units before step t, read back from the outputs."""
+def _carried_cell(io, work, t, B, H):
+    """Where step t's c is kept for the next step: the saved cell [T, B, H] when the forward
+    saves it, else the per-step driver's carrier [2, B, H] by parity (a persistent launch that
+    saves nothing keeps c in registers and has neither)."""
+    if io.middle is not None:
+        slab = step_slab(io.middle, t, B, H)
+    else:
+        slab = work.cells + (t & 1) * B * H  # t = -1 is read too: & keeps it in [0, 2)
+    return slab
+
+
+@triton.jit
+def previous_states(previous_t, first, rows, row_ok, units, unit_ok, io, work, dims,
+                    cfg: tl.constexpr):
+    """(h, c) of the program's units before step t, read back from out and the carried c."""
     T, B, H = dims
     h0, c0 = initial_states(io, rows, row_ok, units, unit_ok, H, cfg)
     # A row past its length is not at its first step either: at the call's first step it would
     # read one step past either end of the outputs.
     carried = row_ok & (first == 0) & rows_where(rows, (previous_t >= 0) & (previous_t < T))
     h = load_units(step_slab(io.out, previous_t, B, H), rows, carried, units, unit_ok, H, False)
-    c = load_units(step_slab(io.middle, previous_t, B, H), rows, carried, units, unit_ok, H, False)
+    c = load_units(_carried_cell(io, work, previous_t, B, H), rows, carried, units, unit_ok, H,
+                   False)
     return select_first(first, h0, h), select_first(first, c0, c)
 
 
@@ -105,10 +119,12 @@ def forward_cell(terms, gx, h_prev, c_prev, t, rows, row_ok, units, unit_ok, act
     c_t = keep_c * c_prev + (1.0 - keep_c) * c_new
     o = sigmoid(a_o)
     if WRITE:
-        store_gates(step_slab(io.preact, t, B, 4 * H), rows, row_ok, units, unit_ok, H, live,
-                    (a_i, a_f, a_g, a_o), cfg)
-        store_units(step_slab(io.middle, t, B, H), rows, row_ok, units, unit_ok, H,
-                    tl.where(live, c_t, 0.0))
+        if io.preact is not None:  # (None: no backward will follow)
+            store_gates(step_slab(io.preact, t, B, 4 * H), rows, row_ok, units, unit_ok, H, live,
+                        (a_i, a_f, a_g, a_o), cfg)
+        if io.middle is not None or work.cells is not None:
+            store_units(_carried_cell(io, work, t, B, H), rows, row_ok, units, unit_ok, H,
+                        tl.where(live, c_t, 0.0))
         store_units(io.c_n, rows, row_ok & last, units, unit_ok, H, c_t)
     h = h_prev
     if cfg.MERGED:
@@ -202,10 +218,11 @@ def own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims,
     store_units(io.h_n, rows, row_ok & last & has_previous, units, unit_ok, H, h)
     # Every split merges the same statistics (bit for bit): split 0 alone saves them, zero
     # where the row did not run (as the other saved tensors).
-    stats_ok = row_ok & has_previous & ((rows * 0 + pc) == 0)
-    stats_row = step_slab(io.stats, previous_t, B, cfg.STATS) + rows * cfg.STATS
-    tl.store(stats_row + 2 * cfg.GROUPS, tl.where(active, mean, 0.0), mask=stats_ok)
-    tl.store(stats_row + 2 * cfg.GROUPS + 1, tl.where(active, rstd, 0.0), mask=stats_ok)
+    if io.stats is not None:
+        stats_ok = row_ok & has_previous & ((rows * 0 + pc) == 0)
+        stats_row = step_slab(io.stats, previous_t, B, cfg.STATS) + rows * cfg.STATS
+        tl.store(stats_row + 2 * cfg.GROUPS, tl.where(active, mean, 0.0), mask=stats_ok)
+        tl.store(stats_row + 2 * cfg.GROUPS + 1, tl.where(active, rstd, 0.0), mask=stats_ok)
 
 
 @triton.jit

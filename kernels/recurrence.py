@@ -130,16 +130,18 @@ def normalized_recurrent_terms(hh, t, pc, rows, row_ok, units, unit_ok, active, 
             syncs += 1
             ok = ok & tile_barrier(work.sync, tl.program_id(0), syncs * cfg.SPLITS, cfg)
         # Every split merges the same statistics (bit for bit): split 0 alone saves them, zero
-        # where the row does not run.
+        # where the row does not run (io.stats None: no backward will follow).
         stats_ok = row_ok & ((rows * 0 + pc) == 0)
-        stats_row = step_slab(io.stats, t, B, cfg.STATS) + rows * cfg.STATS
+        if io.stats is not None:
+            stats_row = step_slab(io.stats, t, B, cfg.STATS) + rows * cfg.STATS
         statistics = ()
         for group in tl.static_range(cfg.GROUPS):
             mean, rstd = norm_statistics(work.moments, rows, group, cfg.MOMENT_SLOTS, cfg)
             if writes(PHASE_CELL, cfg):
-                tl.store(stats_row + group, tl.where(active, mean, 0.0), mask=stats_ok)
-                tl.store(stats_row + cfg.GROUPS + group, tl.where(active, rstd, 0.0),
-                         mask=stats_ok)
+                if io.stats is not None:
+                    tl.store(stats_row + group, tl.where(active, mean, 0.0), mask=stats_ok)
+                    tl.store(stats_row + cfg.GROUPS + group, tl.where(active, rstd, 0.0),
+                             mask=stats_ok)
             statistics = statistics + ((mean, rstd),)
         terms = ()
         for gate in tl.static_range(GATE_SLOTS):
@@ -268,7 +270,7 @@ def forward_phase(io, work, dims, rates, t, cfg: tl.constexpr, CELL: tl.constexp
         consts = forward_constants(io, units, unit_ok, H, cfg)
         active, first, last, previous_t = row_geometry(io.lengths, t, rows, row_ok, cfg.REVERSE)
         h_prev, c_prev = CELL.previous_states(previous_t, first, rows, row_ok, units, unit_ok, io,
-                                              dims, cfg)
+                                              work, dims, cfg)
         gx = load_gx(t, rows, row_ok, cols, col_ok, io, dims, cfg)
         if cfg.MERGED and cfg.PHASE == cfg.FIRST_PHASE:
             CELL.own_outputs(previous_t, steps, rows, row_ok, units, unit_ok, io, work, dims,

@@ -205,6 +205,7 @@ from bench.data import input_sets, master_parameters  # noqa: E402
 from bench.grid import CELLS as BENCH_CELLS, GPU_CELLS  # noqa: E402
 from bench.implementations import FastrnnBackend  # noqa: E402
 from bench.measure import step as bench_step  # noqa: E402
+from fastrnn import ops  # noqa: E402
 from fastrnn.backends import triton_backend  # noqa: E402
 from fastrnn.backends.fused import poisoned_outputs  # noqa: E402
 from fastrnn.kernels import launch  # noqa: E402
@@ -246,7 +247,7 @@ def _compare(got: dict, own: dict, reference64: dict, dtype, steps, batch) -> di
 # ----------------------------------------------------------------------------------- smoke
 
 def smoke_runs():
-    return [(label, (test_case, tiling, dtype))
+    return [(label, (test_case, tiling, dtype, support.runs_inference(label, dtype)))
             for label, test_case, tiling, dtype in support.variant_runs()]
 
 
@@ -265,12 +266,26 @@ def smoke_triton(run, device, recording=False):
     """The Triton part of a smoke run (small enough to record as it is)."""
     with _smoke_settings(run):
         support.run_call(_smoke_call(run), "triton", run[2], device)
+        if run[3]:
+            _inference_forwards(run, device)
+
+
+def _inference_forwards(run, device):
+    """(inference results, the saving forward's) of the run's call: out and the final states."""
+    call = _smoke_call(run)
+    call = call._replace(**{name: value.to(device=device, dtype=run[2])
+                            if value.is_floating_point() else value.to(device)
+                            for name, value in call._asdict().items() if torch.is_tensor(value)})
+    return ops.forward(call, "triton", save=False), ops.forward(call, "triton")
 
 
 def smoke_one(run, device):
     """The test suite's check of a call (``support.check_call_against_reference``: outputs,
     saved tensors of the computed steps and gradients through fastrnn.check.compare), twice:
-    the first call loads (or compiles) the kernels."""
+    the first call loads (or compiles) the kernels.  Runs of ``support.runs_inference`` also
+    compare the inference forward (no saved tensor given to the kernels) with the saving one:
+    the same math with fewer stores, so float32's default closeness (the compiler may contract
+    differently) and nothing written to a saved tensor's place."""
     times = []
     for _ in range(2):
         start = time.perf_counter()
@@ -278,6 +293,11 @@ def smoke_one(run, device):
             support.check_call_against_reference(_smoke_call(run), "triton", run[2], device)
         _synchronize(device)
         times.append(time.perf_counter() - start)
+    if run[3]:
+        with _smoke_settings(run):
+            kept, full = _inference_forwards(run, device)
+        for name, a, b in zip(run[0].spec.forward_outputs, kept, full):
+            torch.testing.assert_close(a, b, msg=lambda m: f"inference {name}: {m}")
     return {"first_call_s": round(times[0], 3), "run_s": round(times[1], 3)}
 
 

@@ -31,7 +31,7 @@ from fastrnn.kernels import launch  # noqa: E402
 from tests import support  # noqa: E402
 
 
-def _launches(test_case, dtype, tiling):
+def _launches(test_case, dtype, tiling, inference):
     tensors = support.cast(support.make_inputs(test_case), dtype, "cpu")
     call = support.make_call(test_case, tensors)
     spec = test_case.spec
@@ -43,6 +43,8 @@ def _launches(test_case, dtype, tiling):
             saved = spec.saved(outputs[0], *outputs[finals:])
             grads = tuple(torch.zeros_like(o) for o in outputs[:finals])
             triton_backend.backward(call._replace(gx=None), saved, grads)
+        if inference:
+            triton_backend.forward(call, save=False)
     return list(recorded)
 
 
@@ -50,7 +52,8 @@ def variants():
     """(label, kernel, args, kwargs) of every distinct launch, in a fixed order."""
     seen, found = set(), []
     for run_label, test_case, tiling, dtype in support.variant_runs():
-        for kernel, _, args, kwargs in _launches(test_case, dtype, tiling):
+        inference = support.runs_inference(run_label, dtype)
+        for kernel, _, args, kwargs in _launches(test_case, dtype, tiling, inference):
             key = (static._kernel_name(kernel), kwargs["cfg"], kwargs["num_warps"],
                    tuple(str(a.dtype) if isinstance(a, torch.Tensor) else type(a).__name__
                          for a in _flat(args)))

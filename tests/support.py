@@ -364,6 +364,17 @@ DEFAULT_TILING_OPTIONS = TILED_OPTIONS + ("layer_norm_per_gate", "everything_eva
 DEFAULT_TILING_SIZES = dict(steps=8, batch=5, hidden=24)
 
 
+# Option sets whose float32 variant runs also run the inference forward (the kernels given no
+# saved tensor to write): compiled by tests/static_variants.py, run by the GPU smoke stage.
+INFERENCE_OPTIONS = ("everything", "everything_eval")
+
+
+def runs_inference(label: str, dtype) -> bool:
+    """Whether variant run ``label`` (``variant_runs``) also runs the inference forward."""
+    options = label.split(" ")[0].split("-", 1)[1]
+    return options in INFERENCE_OPTIONS and dtype == torch.float32
+
+
 def variant_runs():
     """[(label, case, tiling fields, dtype)] of the kernel variants, in a fixed order."""
     runs = []

@@ -45,10 +45,20 @@ def test_auto_on_cpu(plain, expected):
 
 
 def test_auto_on_cpu_falls_back_to_the_reference(monkeypatch):
-    """float16, or no compiler to build "cpu": the reference runs it."""
-    assert backends.resolve("auto", CPU, torch.float16, Request(plain=False)) == "reference"
+    """float16, or no compiler to build "cpu": the reference runs it.  Only the second warns
+    (once, naming the backend and why): float16 is a dtype "cpu" never runs (docs/api.md)."""
+    import warnings
+    monkeypatch.setattr(backends, "_fallbacks_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", CPU, torch.float16, Request(plain=False)) == "reference"
     monkeypatch.setattr(backends.get("cpu"), "unavailable", lambda: "no C++ compiler")
-    assert backends.resolve("auto", CPU, torch.float32, Request(plain=False)) == "reference"
+    with pytest.warns(RuntimeWarning, match="backend='cpu' is not available here: no C"):
+        assert backends.resolve("auto", CPU, torch.float32, Request(plain=False)) == "reference"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", CPU, torch.float32, Request(plain=False)) == "reference"
+        assert backends.resolve("auto", CPU, torch.float32, Request(plain=True)) == NATIVE
 
 
 def test_the_cuda_table_is_read_first_rule_first(every_backend_runs_here, monkeypatch):

@@ -105,6 +105,22 @@ def test_all_false_resets_equal_no_resets(cell):
         assert torch.count_nonzero(got_grad[field]) == 0, f"d{field}"
 
 
+@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything", "lstm-layer_norm_per_gate",
+                                  "lstm-everything_eval"])
+def test_inference_writes_no_saved_tensor(name):
+    """save=False passes the kernels null pointers for what only a backward reads: out and the
+    final states are bitwise the saving forward's (outputs start NaN-filled)."""
+    cell, options = name.split("-", 1)
+    test_case = case(cell, options)
+    call = make_call(test_case, cast(make_inputs(test_case, generator_seed=4), torch.float32,
+                                     "cuda"))
+    kept = ops.forward(call, "cuda", save=False)
+    full = ops.forward(call, "cuda")
+    assert len(kept) == 1 + len(test_case.spec.states)
+    for label, a, b in zip(test_case.spec.forward_outputs, kept, full):
+        assert torch.equal(a, b), label
+
+
 def test_empty_batch_returns_empty_outputs():
     case = Case(batch=0)
     t = cast(make_inputs(case), torch.float32, "cuda")

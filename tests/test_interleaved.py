@@ -336,3 +336,39 @@ def test_an_abort_ends_in_the_per_step_rerun(abort, cell):
         assert kernels.index(f"{kernel_pass}_phase") > kernels.index(kernel)
     assert set(kernels) - {"forward_phase", "backward_phase"} \
         == {"forward_persistent", "backward_persistent"}, kernels
+
+
+def _inference(test_case, tiling, faults, save):
+    """(results, launched kernels, RuntimeWarnings) of the Triton forward op of the case, with or
+    without its saved tensors, its programs interleaved (seeded), the given faults injected."""
+    from fastrnn import ops
+    call = support.make_call(test_case, support.cast(support.make_inputs(test_case),
+                                                     torch.float32, "cpu"))
+    # The first run's abort must neither send the second per-step nor silence its warning.
+    launch._per_step.clear()
+    launch._warned.clear()
+    with warnings.catch_warnings(record=True) as caught, \
+            interleaved(RandomOrder(7), memory_switch=MEMORY_SWITCH, faults=faults,
+                        spin_limit=ABORT_POLLS) as executor, \
+            launch.forced_tiling(**tiling), poisoned_outputs():
+        warnings.simplefilter("always")
+        results = ops.forward(call, "triton", save=save)
+    warned = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    return results, [record.kernel for record in executor.launches], warned
+
+
+@pytest.mark.parametrize("aborted", [False, True], ids=["persistent", "aborted"])
+def test_inference_with_several_splits_and_its_rerun(aborted):
+    """A forward no backward follows (no saved tensor given): the persistent layer-norm LSTM
+    with two splits exchanging its cell, and, when a partner never runs, its per-step rerun,
+    which carries c in two slots instead of the saved cell.  Out and the final states are
+    bitwise the saving forward's under the same faults."""
+    test_case, tiling, _ = split_case("lstm", "everything", "2_splits_2_tiles")
+    faults = [Fault("forward_persistent", (0, 1))] if aborted else []
+    kept, kernels, warned = _inference(test_case, tiling, faults, save=False)
+    full, full_kernels, _ = _inference(test_case, tiling, faults, save=True)
+    assert kernels == full_kernels
+    assert ("forward_phase" in kernels) == aborted == bool(warned), (kernels, warned)
+    assert len(kept) == 3
+    for name, a, b in zip(("out", "h_n", "c_n"), kept, full):
+        assert torch.equal(a, b), name

@@ -95,10 +95,10 @@ def test_no_mask_is_saved():
 
 # ------------------------------------------------------------------------------ inference
 
-# Backends whose forward keeps nothing for a backward when none will follow (``save=False``);
-# the Triton and CUDA kernels still write the saved tensors (dropped on return), so their
-# inference peak grows with T.
-SAVES_NOTHING_IN_INFERENCE = ("reference", "cpu")
+# Backends whose forward keeps nothing for a backward when none will follow (``save=False``):
+# every backend but torch's own kernel ("native", which saves nothing of ours), measured on CPU
+# tensors where the backend runs them (Triton under TRITON_INTERPRET=1), on a GPU otherwise.
+SAVES_NOTHING_IN_INFERENCE = ("reference", "cpu", "triton", "cuda")
 
 
 def inference_backends():
@@ -107,9 +107,19 @@ def inference_backends():
             and fastrnn.backends.refusal(name, cpu, torch.float32) is None]
 
 
-@pytest.mark.parametrize("backend", inference_backends())
-@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything"])
-def test_inference_keeps_only_outputs_and_states(backend, name):
+def _peak_bytes(device: str, fn) -> int:
+    """Peak bytes ``fn`` holds allocated beyond what was allocated before it."""
+    if device == "cpu":
+        return cpu_peak_bytes(fn)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+def check_inference_memory(backend: str, name: str, device: str):
     """The inference op (what a forward without gradients runs): the peak of what the backend
     allocates beyond out and the final states does not grow with T (O(B·H)), where the forward
     op's grows by the saved tensors; and out and the states equal the forward op's."""
@@ -120,13 +130,15 @@ def test_inference_keeps_only_outputs_and_states(backend, name):
         case = make_case(name.split("-")[0], name.split("-")[1], steps=steps, batch=3, hidden=8,
                          lengths=None)
         call = make_call(case, make_inputs(case))
-        call = call._replace(**{field: value.float() for field, value in call._asdict().items()
-                                if torch.is_tensor(value) and value.is_floating_point()})
+        call = call._replace(**{field: value.to(device, torch.float32)
+                                if value.is_floating_point() else value.to(device)
+                                for field, value in call._asdict().items()
+                                if torch.is_tensor(value)})
         results = []
-        inference = cpu_peak_bytes(
-            lambda: results.append(ops.forward(call, backend, save=False)))
+        inference = _peak_bytes(device, lambda: results.append(
+            ops.forward(call, backend, save=False)))
         outputs = sum(t.numel() * t.element_size() for t in results[0])
-        saving = cpu_peak_bytes(lambda: results.append(ops.forward(call, backend)))
+        saving = _peak_bytes(device, lambda: results.append(ops.forward(call, backend)))
         for kept, full in zip(results[0], results[1]):
             torch.testing.assert_close(kept, full, rtol=0, atol=0)
         assert len(results[0]) == 1 + len(case.spec.states)
@@ -134,3 +146,17 @@ def test_inference_keeps_only_outputs_and_states(backend, name):
     (short, short_saving), (long, long_saving) = extra[16], extra[64]
     assert long - short <= 8 * 3 * 8 * 4 * 4, extra      # a few [B, G·H] float32 buffers at most
     assert long_saving - short_saving >= 48 * 3 * 8 * 4, extra  # saving keeps ≥ H per (t, b)
+
+
+@pytest.mark.parametrize("backend", inference_backends())
+@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything"])
+def test_inference_keeps_only_outputs_and_states(backend, name):
+    check_inference_memory(backend, name, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("name", ["lstm-everything", "gru-everything",
+                                  "lstm-resets_everything_reverse"])
+def test_gpu_inference_keeps_only_outputs_and_states(backend, name):
+    check_inference_memory(backend, name, "cuda")

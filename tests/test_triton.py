@@ -21,7 +21,7 @@ from fastrnn.backends.fused import poisoned_outputs  # noqa: E402
 from fastrnn.kernels.launch import (  # noqa: E402
     PASSES, choose_tiling, forced_tiling, tiling_for)
 from support import (  # noqa: E402
-    HALF_PRECISION, OPTIONS, REGULARIZED, TILINGS, case, cases, cast, check_against_reference,
+    HALF_PRECISION, REGULARIZED, TILINGS, case, cases, cast, check_against_reference,
     make_call, make_inputs, tiling_case)
 
 needs_interpreter = pytest.mark.skipif(not support.INTERPRET,
@@ -122,6 +122,27 @@ def test_every_result_is_written(cell, tiling):
         assert torch.isfinite(value).all(), f"{name} has unwritten positions"
     for name, value in zip(c.spec.differentiable, grads):
         assert torch.isfinite(value).all(), f"d{name} has unwritten positions"
+
+
+@needs_interpreter
+@pytest.mark.parametrize("options", ["everything", "everything_eval", "resets_everything_reverse"])
+@pytest.mark.parametrize("variant", ["persistent_2_batch_tiles", "driver_1_split",
+                                     "driver_2_splits_2_batch_tiles"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_hands_the_kernels_no_saved_tensor(cell, variant, options):
+    """save=False (a forward no backward follows): the kernels get no saved tensor to write, the
+    per-step LSTM driver carrying c in two slots by parity instead; out and the final states
+    are bitwise the saving forward's, from NaN-filled results."""
+    from fastrnn.backends import triton_backend
+    c, tiling = tiling_case(cell, options, variant)
+    call = make_call(c, cast(make_inputs(c, generator_seed=3), torch.float32, "cpu"))
+    with forced_tiling(**tiling), poisoned_outputs():
+        kept = triton_backend.forward(call, save=False)
+        full = triton_backend.forward(call)
+    finals = 1 + len(c.spec.states)
+    assert len(kept) == finals and len(full) == len(c.spec.forward_outputs)
+    for name, a, b in zip(c.spec.forward_outputs, kept, full):
+        assert torch.equal(a, b), name
 
 
 @needs_interpreter

@@ -20,6 +20,17 @@ struct Gru {
     return 0;
   }
 
+  // Row r.b's candidate-dropout scales, then its hidden zoneout weights, drawn into the first
+  // 2·H of its scratch (the backward draws the forward's again from the seed).
+  template <typename S, class Row>
+  static FASTRNN_INLINE acc_t<S>* draw_masks(const Call<S>& call, const Row& r) {
+    acc_t<S>* scale = r.scratch;
+    call.candidate_scales(scale, call.hidden, r.t, r.b);
+    call.zoneout_weights(scale + call.hidden, call.hidden, call.options.zoneout_hidden,
+                         call.options.zoneout_hidden_threshold, kZoneoutHidden, r.t, r.b);
+    return scale;
+  }
+
   template <typename S>
   static FASTRNN_INLINE void forward_row(const Call<S>& call, ForwardRow<S>& r) {
     using A = acc_t<S>;
@@ -29,11 +40,8 @@ struct Gru {
       const A* FASTRNN_RESTRICT bias = call.b_hh;
       for (int64_t k = 0; k < rows; ++k) hh[k] += bias[k];
     }
-    A* FASTRNN_RESTRICT scale = r.scratch;
+    A* FASTRNN_RESTRICT scale = draw_masks(call, r);
     A* FASTRNN_RESTRICT w = scale + hidden;
-    call.candidate_scales(scale, hidden, r.t, r.b);
-    call.zoneout_weights(w, hidden, call.options.zoneout_hidden,
-                         call.options.zoneout_hidden_threshold, kZoneoutHidden, r.t, r.b);
     const S* FASTRNN_RESTRICT gx = r.gx;
     S* FASTRNN_RESTRICT h = r.h;
     S* FASTRNN_RESTRICT out = r.out;
@@ -60,11 +68,8 @@ struct Gru {
   static FASTRNN_INLINE void backward_row(const Call<S>& call, BackwardRow<S>& r) {
     using A = acc_t<S>;
     const int64_t hidden = call.hidden;
-    A* FASTRNN_RESTRICT scale = r.scratch;
+    A* FASTRNN_RESTRICT scale = draw_masks(call, r);
     A* FASTRNN_RESTRICT w = scale + hidden;
-    call.candidate_scales(scale, hidden, r.t, r.b);
-    call.zoneout_weights(w, hidden, call.options.zoneout_hidden,
-                         call.options.zoneout_hidden_threshold, kZoneoutHidden, r.t, r.b);
     const S* FASTRNN_RESTRICT preact = r.preact;
     const S* FASTRNN_RESTRICT hidden_n = r.hidden_n;
     const S* FASTRNN_RESTRICT h_prev = r.h_prev;

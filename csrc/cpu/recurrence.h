@@ -194,6 +194,13 @@ struct Call {
   int64_t previous(int64_t t, int64_t b) const {
     return previous_time(t, sequence_length(lengths, b, steps), options.reverse);
   }
+  // The h row b read at step t (an active step): h_reset where it starts an episode, h0 at its
+  // first step, else its previous step's row of `out`.
+  const S* hidden_read(const S* out, int64_t t, int64_t b) const {
+    if (starts(t, b)) return h_reset + b * width;
+    const int64_t from = previous(t, b);
+    return from < 0 ? h0 + b * width : out + (from * batch + b) * width;
+  }
 
   // The zoneout weights w (zoneout_weight) of the n units of row b at step t.
   FASTRNN_INLINE void zoneout_weights(A* w, int64_t n, double p, int64_t threshold, uint32_t kind,
@@ -597,13 +604,12 @@ struct BackwardPass {
       // An episode start reads the reset state as a step without a previous one reads h0, c0.
       const bool start = call.starts(t, b);
       const int64_t previous = start ? -1 : call.previous(t, b);
-      const S* initial_h = start ? call.h_reset : call.h0;
       const S* initial_c = start ? call.c_reset : call.c0;
       BackwardRow<S> r{t,
                        b,
                        p.preact + row * rows,
                        p.hidden_n == nullptr ? nullptr : p.hidden_n + row * hidden,
-                       previous < 0 ? initial_h + b * width : p.out + (previous * batch + b) * width,
+                       call.hidden_read(p.out, t, b),
                        previous < 0 || p.cells == nullptr
                            ? nullptr
                            : p.cells + (previous * batch + b) * hidden,
@@ -654,13 +660,7 @@ struct BackwardPass {
         std::fill_n(into + row * width, width, A(0));
         continue;
       }
-      if (call.starts(t, b)) {
-        call.recurrent_input(call.h_reset + b * width, b, into + row * width);
-        continue;
-      }
-      const int64_t previous = call.previous(t, b);
-      call.recurrent_input(previous < 0 ? call.h0 + b * width : out + (previous * batch + b) * width,
-                           b, into + row * width);
+      call.recurrent_input(call.hidden_read(out, t, b), b, into + row * width);
     }
   }
 };

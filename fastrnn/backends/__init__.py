@@ -6,10 +6,10 @@ Two kinds of backend:
   ``fastrnn::<cell>_forward`` / ``_inference`` / ``_backward``.  Each is a module with
   ``forward(call, save=True)`` (a ``fastrnn.cells`` call object -> the forward op's results; with
   ``save=False`` only out and the final states, keeping nothing for a backward: memory beyond them
-  O(B·H) where the kernels allow it), ``backward(call, saved, grads)``
-  (-> the gradients of the cell's differentiable fields), ``unavailable()`` (None, or the reason it
-  cannot run here and what to install) and ``unsupported(device, dtype)`` (None, or why it cannot
-  run that device/dtype);
+  O(B·H)), ``backward(call, saved, grads)`` (-> the gradients of the cell's differentiable
+  fields, by field name or in their order; ``backward`` below places them), ``unavailable()``
+  (None, or the reason it cannot run here and what to install) and ``unsupported(device,
+  dtype)`` (None, or why it cannot run that device/dtype);
 * ``NATIVE`` ("native") is torch's own LSTM / GRU kernel (cuDNN on CUDA, oneDNN or ATen's cells
   on CPU) behind the ops ``fastrnn::<cell>_native``.  It runs calls with torch.nn's math only
   (``fastrnn.cells.Cell.is_plain``) and needs no backward of ours: autograd is torch's.
@@ -27,13 +27,14 @@ Optional features of a call (``fastrnn.cells.Cell.features``, e.g. "proj_size") 
 backend that lists them in its module attribute ``FEATURES`` (a set of feature names; absent
 means none).  Any other backend refuses such a call with an error naming the feature, "auto"
 skips it; in the calls it is handed the feature's fields are None, and it returns the gradients of
-the fields it reads (those of a feature's trailing fields are filled in as empty tensors), so a
-backend written before a feature existed keeps working unchanged.
+the fields it reads (those of the other fields are filled in as empty tensors), so a backend
+written before a feature existed keeps working unchanged.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from typing import FrozenSet, NamedTuple, Optional, Tuple
 
 import torch
@@ -173,11 +174,32 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype,
     if name != "auto":
         check(name, device, dtype, request)
         return name
+    passed_over = []
     for candidate in _auto_order(device, dtype, request):
         if refusal(candidate, device, dtype, request) is None:
+            if candidate == "reference":
+                _warn_reference_fallback(passed_over)
             return candidate
+        passed_over.append(candidate)
     check("reference", device, dtype, request)
+    _warn_reference_fallback(passed_over)
     return "reference"
+
+
+_fallbacks_warned: set = set()
+
+
+def _warn_reference_fallback(passed_over) -> None:
+    """Once per backend: "auto" sent a layer to the (much slower) reference because a fused
+    backend it tried is not available here at all (not installed, no compiler to build it) —
+    not for a dtype or feature it never runs, which docs/api.md states."""
+    for name in passed_over:
+        reason = None if name == NATIVE else get(name).unavailable()
+        if reason is not None and name not in _fallbacks_warned:
+            _fallbacks_warned.add(name)
+            warnings.warn(f"fastrnn: backend={name!r} is not available here: {reason}. Layers "
+                          f"it would run go to the (much slower) reference backend",
+                          RuntimeWarning, stacklevel=4)
 
 
 # What ``devices`` probes: a device kind counts when a backend runs one of these dtypes on it.
@@ -249,12 +271,17 @@ def forward(name: str, call, save: bool = True):
 
 
 def backward(name: str, call, saved, grads):
-    """The gradients of the cell's differentiable fields; those of the fields a backend does not
-    read (an unused feature) are empty tensors."""
+    """The gradients of the cell's differentiable fields (``Cell.differentiable`` order).  A
+    backend returns them by field name (a dict) or in that order (a tuple, which may stop before
+    the trailing fields of features); a field it gives nothing for (a feature it does not run,
+    such as the LSTM's w_hr between c0 and the reset states) gets an empty tensor."""
     backend = _checked(name, call)
-    results = tuple(backend.backward(call, saved, grads))
-    missing = len(cell_of(call).differentiable) - len(results)
-    return results + tuple(call.w_hh.new_empty(0) for _ in range(missing))
+    results = backend.backward(call, saved, grads)
+    fields = cell_of(call).differentiable
+    if not isinstance(results, dict):
+        results = dict(zip(fields, results))
+    return tuple(results[field] if field in results else call.w_hh.new_empty(0)
+                 for field in fields)
 
 
 def _checked(name: str, call):

@@ -15,7 +15,6 @@ kernel leaves unwritten) and converts the call's tensors to what the kernels rea
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -28,7 +27,6 @@ from .fused import Extension, absent_gradient, check_ln_groups, new_output
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 _extension = Extension(lambda: cpu_build.load_extension(), "CPU extension fastrnn._cpu")
-_warned = False
 
 
 def unavailable() -> Optional[str]:
@@ -38,19 +36,7 @@ def unavailable() -> Optional[str]:
         return _extension.error
     if _extension.module is not None or cpu_build.installed_extension_present():
         return None
-    reason = cpu_build.jit_unavailable()
-    if reason is not None:
-        _warn_once(reason)
-    return reason
-
-
-def _warn_once(reason: str) -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        warnings.warn(f"fastrnn: the 'cpu' backend cannot run here: {reason}. CPU layers with "
-                      "layer norm or regularizers run on the (much slower) reference backend",
-                      RuntimeWarning, stacklevel=3)
+    return cpu_build.jit_unavailable()
 
 
 def unsupported(device, dtype) -> Optional[str]:
@@ -126,7 +112,8 @@ def forward(call, save: bool = True):
 
 
 def backward(call, saved, grads):
-    """The gradients of the cell's differentiable fields (``fastrnn.cells.Cell.differentiable``)."""
+    """{field: gradient} of the cell's differentiable fields (``fastrnn.cells.Cell.differentiable``)
+    that these kernels run; ``fastrnn.backends.backward`` places them."""
     cell = cell_of(call)
     check_ln_groups(call)
     ext = _ext()
@@ -157,14 +144,11 @@ def backward(call, saved, grads):
                  d_ln_cell_bias=params.get("ln_cell_bias"), d_h0=d_h0, d_c0=d_c0,
                  d_h_reset=resets[0] if resets else None,
                  d_c_reset=resets[1] if len(resets) > 1 else None)
-    grads_of_params = [absent_gradient(w_hh) if grad is None else grad for grad in params.values()]
-    results = (d_gx, d_w_hh, *grads_of_params, d_h0, *([d_c0] if lstm else []))
-    if resets:
-        # The fields between the initial states and the reset states (the LSTM's w_hr, a
-        # feature these kernels do not run) get empty gradients.
-        skipped = cell.differentiable.index(cell.reset_states[0]) - len(results)
-        results += tuple(absent_gradient(w_hh) for _ in range(skipped)) + tuple(resets)
-    return results
+    results = {"gx": d_gx, "w_hh": d_w_hh, "h0": d_h0, "c0": d_c0,
+               **{name: absent_gradient(w_hh) if grad is None else grad
+                  for name, grad in params.items()},
+               **dict(zip(cell.reset_states, resets))}
+    return {name: grad for name, grad in results.items() if name in cell.differentiable}
 
 
 CELL_NAMES = ("lstm", "gru")  # fastrnn.backends: the cells csrc/cpu/ has kernels for

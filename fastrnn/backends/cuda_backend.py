@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 
 from .. import masks as M
-from ..cells import CELLS, GRU, LSTM, cell_of
+from ..cells import CELLS, cell_of
 from . import cuda_build
 from .fused import (Extension, absent_gradient, check_ln_groups, recurrent_inputs,
                     recurrent_weight_grad)
@@ -161,18 +161,18 @@ def _reset_accumulators(call, like):
             for field in cell_of(call).reset_states}
 
 
-def _reset_grads(call, accumulators, w_hh):
-    """The gradients of the reset states (``Cell.reset_states`` order): each accumulator in its
-    state's dtype; an empty tensor for a state the call does not give."""
-    return tuple(absent_gradient(w_hh) if getattr(call, field) is None or call.resets is None
-                 else accumulators[f"d_{field}"].to(getattr(call, field).dtype)
-                 for field in cell_of(call).reset_states)
+def _reset_grads(call, accumulators):
+    """{reset state: its gradient}, each accumulator in its state's dtype; none for a state the
+    call does not give (the registry fills in an empty tensor)."""
+    return {field: accumulators[f"d_{field}"].to(getattr(call, field).dtype)
+            for field in cell_of(call).reset_states
+            if getattr(call, field) is not None and call.resets is not None}
 
 
-def _zero_reset_grads(call, w_hh):
-    """An empty call's gradients of the reset states: zeros (no step reads them), or empty."""
-    return tuple(absent_gradient(w_hh) if getattr(call, field) is None or call.resets is None
-                 else torch.zeros_like(getattr(call, field)) for field in cell_of(call).reset_states)
+def _zero_reset_grads(call):
+    """An empty call's gradients of the reset states: zeros (no step reads them)."""
+    return {field: torch.zeros_like(getattr(call, field)) for field in cell_of(call).reset_states
+            if getattr(call, field) is not None and call.resets is not None}
 
 
 def _recurrent_inputs(call, saved) -> torch.Tensor:
@@ -184,7 +184,8 @@ def _recurrent_inputs(call, saved) -> torch.Tensor:
 
 
 def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
-    """d W_hh by one GEMM, and the per-tile partial sums of d b_hh, d γ_hh, d γ_c, d β_c."""
+    """{field: gradient} of W_hh (one GEMM) and of the parameters in ``present`` (the per-tile
+    partial sums of d b_hh, d γ_hh, d γ_c, d β_c; empty for an absent one)."""
     rows = call.gates * call.hidden
     d_w_hh = recurrent_weight_grad(d_hh, inputs, w_hh)
     sums = partials.sum(0)
@@ -193,27 +194,42 @@ def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
               "ln_cell_bias": sums[2 * rows + call.hidden:]}
     grads = {name: (slices[name].to(w_hh.dtype) if tensor is not None else absent_gradient(w_hh))
              for name, tensor in present.items()}
-    return d_w_hh, grads
+    return {"w_hh": d_w_hh, **grads}
 
 
 # ---------------------------------------------------------------------------------------- LSTM
 
-def _lstm_forward(call):
+def _saved_outputs(launch, call, save: bool, like) -> dict:
+    """The saved tensors the forward kernels write (``fastrnn.cells``; the GRU's middle one is
+    hidden_n in the element type, the LSTM's cell float32), or none: without ``save`` the
+    kernels get null pointers and write nothing a backward would read."""
+    cell = cell_of(call)
+    if not save:
+        return {}
+    steps, batch, hidden = launch.steps, launch.batch, launch.hidden
+    middle = cell.saved._fields[2]
+    width = cell.stats_width(call.ln_hh_weight is not None, call.ln_groups)
+    return {"preact": like.new_empty(like.shape),
+            middle: launch.workspace(steps, batch, hidden,
+                                     dtype=cell.saved_dtype(middle, like.dtype)),
+            "stats": launch.workspace(steps, batch, width)}
+
+
+def _lstm_forward(call, save):
     gx, h0, c0 = call.gx, call.h0, call.c0
     launch = _Call(call, False, gx)
     steps, batch, hidden = launch.steps, launch.batch, launch.hidden
-    width = LSTM.stats_width(call.ln_hh_weight is not None, call.ln_groups)
-    out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
-    cell, stats = launch.workspace(steps, batch, hidden), launch.workspace(steps, batch, width)
+    out = gx.new_empty(steps, batch, hidden)
+    saved = _saved_outputs(launch, call, save, gx)
     if launch.empty:
-        return out, h0.to(gx.dtype, copy=True), c0.to(gx.dtype, copy=True), preact, cell, stats
+        return (out, h0.to(gx.dtype, copy=True), c0.to(gx.dtype, copy=True), *saved.values())
     h_n, c_n = gx.new_empty(batch, hidden), gx.new_empty(batch, hidden)
     launch.launch(gx=gx.contiguous(), ln_cell_weight=_kernel_input(call.ln_cell_weight, gx.dtype),
                   ln_cell_bias=_kernel_input(call.ln_cell_bias, gx.dtype),
                   c0=_kernel_input(c0, gx.dtype), **_common_inputs(call, gx),
-                  out=out, h_n=h_n, c_n=c_n, preact=preact, cell=cell, stats=stats,
+                  out=out, h_n=h_n, c_n=c_n, **saved,
                   state=gx.new_empty(2, batch, hidden), scratch=launch.scratch())
-    return out, h_n, c_n, preact, cell, stats
+    return (out, h_n, c_n, *saved.values())
 
 
 def _lstm_backward(call, saved, grads):
@@ -224,11 +240,11 @@ def _lstm_backward(call, saved, grads):
     dtype = preact.dtype
     present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight,
                "ln_cell_weight": call.ln_cell_weight, "ln_cell_bias": call.ln_cell_bias}
-    # w_hr's gradient is empty (FEATURES has no proj_size); then those of h_reset, c_reset.
+    # By field name: the registry gives w_hr (FEATURES has no proj_size) an empty gradient.
     if launch.empty:
-        return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
-                grad_h_n.to(dtype).clone(), grad_c_n.to(dtype).clone(), absent_gradient(w_hh),
-                *_zero_reset_grads(call, w_hh))
+        return {"gx": torch.zeros_like(preact), "w_hh": torch.zeros_like(w_hh),
+                **_zero_grads(present, w_hh), "h0": grad_h_n.to(dtype).clone(),
+                "c0": grad_c_n.to(dtype).clone(), **_zero_reset_grads(call)}
     inputs = _recurrent_inputs(call, saved)
     layer_norm = call.ln_hh_weight is not None
     d_gx = torch.empty_like(preact)
@@ -247,28 +263,24 @@ def _lstm_backward(call, saved, grads):
                   ln_cell_bias=_kernel_input(call.ln_cell_bias, dtype),
                   c0=_kernel_input(c0, dtype), **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0,
                   d_c0=d_c0, **reset_grads, param_partials=partials, scratch=launch.scratch())
-    d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
-    return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], grads["ln_cell_weight"],
-            grads["ln_cell_bias"], d_h0.to(h0.dtype), d_c0.to(c0.dtype), absent_gradient(w_hh),
-            *_reset_grads(call, reset_grads, w_hh))
+    return {"gx": d_gx, **_parameter_grads(launch, partials, d_hh, inputs, w_hh, present),
+            "h0": d_h0.to(h0.dtype), "c0": d_c0.to(c0.dtype), **_reset_grads(call, reset_grads)}
 
 
 # ----------------------------------------------------------------------------------------- GRU
 
-def _gru_forward(call):
+def _gru_forward(call, save):
     gx, h0 = call.gx, call.h0
     launch = _Call(call, False, gx)
     steps, batch, hidden = launch.steps, launch.batch, launch.hidden
-    width = GRU.stats_width(call.ln_hh_weight is not None, call.ln_groups)
-    out, preact = gx.new_empty(steps, batch, hidden), gx.new_empty(gx.shape)
-    hidden_n, stats = gx.new_empty(steps, batch, hidden), launch.workspace(steps, batch, width)
+    out = gx.new_empty(steps, batch, hidden)
+    saved = _saved_outputs(launch, call, save, gx)
     if launch.empty:
-        return out, h0.to(gx.dtype, copy=True), preact, hidden_n, stats
+        return (out, h0.to(gx.dtype, copy=True), *saved.values())
     h_n = gx.new_empty(batch, hidden)
-    launch.launch(gx=gx.contiguous(), **_common_inputs(call, gx),
-                  out=out, h_n=h_n, preact=preact, hidden_n=hidden_n, stats=stats,
+    launch.launch(gx=gx.contiguous(), **_common_inputs(call, gx), out=out, h_n=h_n, **saved,
                   state=gx.new_empty(2, batch, hidden), scratch=launch.scratch())
-    return out, h_n, preact, hidden_n, stats
+    return (out, h_n, *saved.values())
 
 
 def _gru_backward(call, saved, grads):
@@ -279,8 +291,9 @@ def _gru_backward(call, saved, grads):
     dtype = preact.dtype
     present = {"b_hh": call.b_hh, "ln_hh_weight": call.ln_hh_weight}
     if launch.empty:
-        return (torch.zeros_like(preact), torch.zeros_like(w_hh), *_zero_grads(present, w_hh),
-                grad_h_n.to(dtype).clone(), *_zero_reset_grads(call, w_hh))
+        return {"gx": torch.zeros_like(preact), "w_hh": torch.zeros_like(w_hh),
+                **_zero_grads(present, w_hh), "h0": grad_h_n.to(dtype).clone(),
+                **_zero_reset_grads(call)}
     inputs = _recurrent_inputs(call, saved)
     layer_norm = call.ln_hh_weight is not None
     d_gx, d_hh = torch.empty_like(preact), torch.empty_like(preact)
@@ -295,14 +308,13 @@ def _gru_backward(call, saved, grads):
                   hh=inputs.matmul(common["w_hh"].t()).contiguous() if layer_norm else None,
                   **common, d_gx=d_gx, d_hh=d_hh, d_h0=d_h0, **reset_grads,
                   param_partials=partials, scratch=launch.scratch())
-    d_w_hh, grads = _parameter_grads(launch, partials, d_hh, inputs, w_hh, present)
-    return (d_gx, d_w_hh, grads["b_hh"], grads["ln_hh_weight"], d_h0.to(h0.dtype),
-            *_reset_grads(call, reset_grads, w_hh))
+    return {"gx": d_gx, **_parameter_grads(launch, partials, d_hh, inputs, w_hh, present),
+            "h0": d_h0.to(h0.dtype), **_reset_grads(call, reset_grads)}
 
 
 def _zero_grads(present, w_hh):
-    return tuple(w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh)
-                 for t in present.values())
+    return {name: w_hh.new_zeros(t.shape) if t is not None else absent_gradient(w_hh)
+            for name, t in present.items()}
 
 
 _RUNNERS = {"lstm": (_lstm_forward, _lstm_backward), "gru": (_gru_forward, _gru_backward)}
@@ -310,10 +322,12 @@ CELL_NAMES = tuple(_RUNNERS)  # fastrnn.backends: the cells csrc/ has kernels fo
 
 
 def forward(call, save=True):
-    # The kernels write the saved tensors as they go; without a backward they are dropped on
-    # return (a kernel variant that skips them is not written yet).
-    return _RUNNERS[cell_of(call).name][0](call)
+    """(out, h_n[, c_n]) and, with ``save``, the saved tensors (``fastrnn.cells``); without it
+    the kernels write none (inference holds O(B·H) beyond out and the states)."""
+    return _RUNNERS[cell_of(call).name][0](call, save)
 
 
 def backward(call, saved, grads):
+    """{field: gradient} of the differentiable fields these kernels run (``fastrnn.backends.
+    backward`` places them in the op's order)."""
     return _RUNNERS[cell_of(call).name][1](call, saved, grads)

@@ -99,8 +99,9 @@ def _resets(call):
 
 
 def forward(call, save=True):
-    # The kernels write the saved tensors as they go; without a backward they are dropped on
-    # return (a kernel variant that skips them is not written yet).
+    """(out, h_n[, c_n]) and, with ``save``, the saved tensors (``fastrnn.cells``); without it
+    the kernels are given none to write (the per-step LSTM driver carries c in a [2, B, H]
+    workspace instead), so inference holds O(B·H) beyond out and the states."""
     cell = cell_of(call)
     gx = call.gx.contiguous()
     steps, batch = gx.shape[0], gx.shape[1]
@@ -111,18 +112,21 @@ def forward(call, save=True):
     out = new_output(steps, batch, hidden, dtype=dtype, device=device)
     h_n = new_output(batch, hidden, dtype=dtype, device=device)
     c_n = new_output(batch, hidden, dtype=dtype, device=device) if lstm else None
-    preact = new_output(*gx.shape, dtype=dtype, device=device)
-    middle_field = cell.saved._fields[2]
-    middle = new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle_field, dtype),
-                        device=device)
-    stats = new_output(steps, batch, cell.stats_width(layer_norm, call.ln_groups),
-                       dtype=torch.float32, device=device)
+    saved = ()
+    if save:
+        middle_field = cell.saved._fields[2]
+        saved = (new_output(*gx.shape, dtype=dtype, device=device),
+                 new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle_field, dtype),
+                            device=device),
+                 new_output(steps, batch, cell.stats_width(layer_norm, call.ln_groups),
+                            dtype=torch.float32, device=device))
+    preact, middle, stats = saved or (None, None, None)
     finals = (h_n, c_n) if lstm else (h_n,)
     if batch == 0 or steps == 0:
         h_n.copy_(call.h0)
         if lstm:
             c_n.copy_(call.c0)
-        return (out, *finals, preact, middle, stats)
+        return (out, *finals, *saved)
     kernels = _launch()
     h0 = _contiguous(call.h0, dtype)
     rmask = _contiguous(call.recurrent_mask, dtype)
@@ -135,7 +139,7 @@ def forward(call, save=True):
         c0=_contiguous(call.c0, dtype) if lstm else None,
         lengths=_lengths(call, steps, batch, device), rmask=rmask, seed=call.seed.contiguous(),
         out=out, h_n=h_n, c_n=c_n, preact=preact, middle=middle,
-        stats=stats if layer_norm else None)
+        stats=stats if layer_norm and save else None)
     if call.resets is not None:
         h_reset = _contiguous(call.h_reset, dtype)
         io = io._replace(
@@ -144,7 +148,7 @@ def forward(call, save=True):
             c_reset=_contiguous(call.c_reset, dtype) if lstm else None)
     kernels.forward(io, _rates(call, kernels), _options(cell, call, kernels),
                     persistent=_persistent())
-    return (out, *finals, preact, middle, stats)
+    return (out, *finals, *saved)
 
 
 def _recurrent_products(h_in, w_hh):
@@ -155,6 +159,8 @@ def _recurrent_products(h_in, w_hh):
 
 
 def backward(call, saved, grads):
+    """{field: gradient} of the differentiable fields these kernels run (``fastrnn.backends.
+    backward`` places them in the op's order)."""
     cell = cell_of(call)
     out = saved.out.contiguous()
     steps, batch, hidden = out.shape
@@ -211,19 +217,18 @@ def backward(call, saved, grads):
         return absent_gradient(w_hh) if tensor is None else parameters[start:start + size].to(
             tensor.dtype)
 
-    results = [d_gx, recurrent_weight_grad(d_hh, h_in, w_hh), parameter(call.b_hh, 0, width),
-               parameter(call.ln_hh_weight, width, width)]
+    # By field name (``fastrnn.backends.backward`` places them; the LSTM's w_hr, which these
+    # kernels do not run, gets an empty gradient there).
+    results = {"gx": d_gx, "w_hh": recurrent_weight_grad(d_hh, h_in, w_hh),
+               "b_hh": parameter(call.b_hh, 0, width),
+               "ln_hh_weight": parameter(call.ln_hh_weight, width, width),
+               "h0": d_h0.to(call.h0.dtype)}
     if lstm:
-        results += [parameter(call.ln_cell_weight, 2 * width, hidden),
-                    parameter(call.ln_cell_bias, 2 * width + hidden, hidden)]
-    results.append(d_h0.to(call.h0.dtype))
-    if lstm:
-        results.append(d_c0.to(call.c0.dtype))
+        results.update(ln_cell_weight=parameter(call.ln_cell_weight, 2 * width, hidden),
+                       ln_cell_bias=parameter(call.ln_cell_bias, 2 * width + hidden, hidden),
+                       c0=d_c0.to(call.c0.dtype))
     if resets:
-        # In ``cell.differentiable`` order: the LSTM's w_hr (no projection here) comes first.
+        results["h_reset"] = d_h_reset.to(call.h_reset.dtype)
         if lstm:
-            results.append(absent_gradient(w_hh))
-        results.append(d_h_reset.to(call.h_reset.dtype))
-        if lstm:
-            results.append(d_c_reset.to(call.c_reset.dtype))
-    return tuple(results)
+            results["c_reset"] = d_c_reset.to(call.c_reset.dtype)
+    return results
