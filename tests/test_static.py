@@ -30,7 +30,14 @@ SHAPES = "64:512:bfloat16,16:768:float16,256:1024:bfloat16,64:512:float32"
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
 # Kernels that spill with a given Triton, by (cell, pass, B, H): each entry says why; an entry
 # that no longer spills fails the test, so the list stays true.
-KNOWN_SPILLS: dict = {}
+KNOWN_SPILLS: dict = {
+    (3, 9): {
+        # The float32 GRU's inference forward (no saved-tensor stores): triton 3.9's ptxas holds
+        # it at 128 registers with 32 bytes of stack, where the training forward takes 168 and
+        # spills nothing; triton 3.6.0 (the GPU machines') compiles it at 168 without spills.
+        ("gru", "forward", 64, 512): "ptxas's 128-register target for the inference forward",
+    },
+}
 
 
 def _environment():
