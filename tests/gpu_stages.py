@@ -272,10 +272,9 @@ def smoke_triton(run, device, recording=False):
 
 def _inference_forwards(run, device):
     """(inference results, the saving forward's) of the run's call: out and the final states."""
-    call = _smoke_call(run)
-    call = call._replace(**{name: value.to(device=device, dtype=run[2])
-                            if value.is_floating_point() else value.to(device)
-                            for name, value in call._asdict().items() if torch.is_tensor(value)})
+    test_case = run[0]
+    call = support.make_call(test_case, support.cast(support.make_inputs(test_case), run[2],
+                                                     device))
     return ops.forward(call, "triton", save=False), ops.forward(call, "triton")
 
 

@@ -123,17 +123,13 @@ def check_inference_memory(backend: str, name: str, device: str):
     """The inference op (what a forward without gradients runs): the peak of what the backend
     allocates beyond out and the final states does not grow with T (O(B·H)), where the forward
     op's grows by the saved tensors; and out and the states equal the forward op's."""
-    from support import case as make_case, make_call, make_inputs
+    from support import case as make_case, cast, make_call, make_inputs
     from fastrnn import ops
     extra = {}
     for steps in (16, 64):
         case = make_case(name.split("-")[0], name.split("-")[1], steps=steps, batch=3, hidden=8,
                          lengths=None)
-        call = make_call(case, make_inputs(case))
-        call = call._replace(**{field: value.to(device, torch.float32)
-                                if value.is_floating_point() else value.to(device)
-                                for field, value in call._asdict().items()
-                                if torch.is_tensor(value)})
+        call = make_call(case, cast(make_inputs(case), torch.float32, device))
         results = []
         inference = _peak_bytes(device, lambda: results.append(
             ops.forward(call, backend, save=False)))

@@ -22,7 +22,7 @@ import torch
 from .. import masks as M
 from ..cells import cell_of
 from . import cpu_build
-from .fused import Extension, absent_gradient, check_ln_groups, new_output
+from .fused import Extension, absent_gradient, check_ln_groups, new_output, saved_outputs
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
@@ -95,15 +95,7 @@ def forward(call, save: bool = True):
     finals = [new_output(batch, width, dtype=dtype, device=device)]
     if lstm:
         finals.append(new_output(batch, hidden, dtype=dtype, device=device))
-    saved = []
-    if save:
-        middle = cell.saved._fields[2]  # cell (LSTM) or hidden_n (GRU)
-        saved = [new_output(*gx.shape, dtype=dtype, device=device),
-                 new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle, dtype),
-                            device=device),
-                 new_output(steps, batch, cell.stats_width(call.ln_hh_weight is not None,
-                                                           call.ln_groups),
-                            dtype=torch.float32, device=device)]
+    saved = saved_outputs(call, gx) if save else ()
     ext.forward(cell=cell.name, call=_call_tensors(ext, call, dtype), options=_options(ext, call),
                 gx=gx, out=out, h_n=finals[0], c_n=finals[1] if lstm else None,
                 preact=saved[0] if save else None, middle=saved[1] if save else None,

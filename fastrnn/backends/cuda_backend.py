@@ -28,7 +28,7 @@ from .. import masks as M
 from ..cells import CELLS, cell_of
 from . import cuda_build
 from .fused import (Extension, absent_gradient, check_ln_groups, recurrent_inputs,
-                    recurrent_weight_grad)
+                    recurrent_weight_grad, saved_outputs)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # fastrnn.backends: the optional call features the kernels run (episode starts; not proj_size).
@@ -199,20 +199,10 @@ def _parameter_grads(call, partials, d_hh, inputs, w_hh, present):
 
 # ---------------------------------------------------------------------------------------- LSTM
 
-def _saved_outputs(launch, call, save: bool, like) -> dict:
-    """The saved tensors the forward kernels write (``fastrnn.cells``; the GRU's middle one is
-    hidden_n in the element type, the LSTM's cell float32), or none: without ``save`` the
-    kernels get null pointers and write nothing a backward would read."""
-    cell = cell_of(call)
-    if not save:
-        return {}
-    steps, batch, hidden = launch.steps, launch.batch, launch.hidden
-    middle = cell.saved._fields[2]
-    width = cell.stats_width(call.ln_hh_weight is not None, call.ln_groups)
-    return {"preact": like.new_empty(like.shape),
-            middle: launch.workspace(steps, batch, hidden,
-                                     dtype=cell.saved_dtype(middle, like.dtype)),
-            "stats": launch.workspace(steps, batch, width)}
+def _saved_outputs(call, save: bool, gx) -> dict:
+    """The saved tensors by their kernel argument names (``fused.saved_outputs``), or none:
+    without ``save`` the kernels get null pointers and write nothing a backward would read."""
+    return dict(zip(cell_of(call).saved._fields[1:], saved_outputs(call, gx))) if save else {}
 
 
 def _lstm_forward(call, save):
@@ -220,7 +210,7 @@ def _lstm_forward(call, save):
     launch = _Call(call, False, gx)
     steps, batch, hidden = launch.steps, launch.batch, launch.hidden
     out = gx.new_empty(steps, batch, hidden)
-    saved = _saved_outputs(launch, call, save, gx)
+    saved = _saved_outputs(call, save, gx)
     if launch.empty:
         return (out, h0.to(gx.dtype, copy=True), c0.to(gx.dtype, copy=True), *saved.values())
     h_n, c_n = gx.new_empty(batch, hidden), gx.new_empty(batch, hidden)
@@ -274,7 +264,7 @@ def _gru_forward(call, save):
     launch = _Call(call, False, gx)
     steps, batch, hidden = launch.steps, launch.batch, launch.hidden
     out = gx.new_empty(steps, batch, hidden)
-    saved = _saved_outputs(launch, call, save, gx)
+    saved = _saved_outputs(call, save, gx)
     if launch.empty:
         return (out, h0.to(gx.dtype, copy=True), *saved.values())
     h_n = gx.new_empty(batch, hidden)

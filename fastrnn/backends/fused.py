@@ -1,10 +1,10 @@
 """Host-side work both fused backends (Triton kernels, CUDA) do around their recurrence kernels:
-the recurrent inputs of every step, the d W_hh product, absent gradients; and the Triton
-backend's result tensors (``new_output``)."""
+the recurrent inputs of every step, the d W_hh product, absent gradients; and the result
+tensors (``new_output``, ``saved_outputs``), which the cpu backend allocates the same way."""
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -53,6 +53,21 @@ def new_output(*shape, dtype, device) -> torch.Tensor:
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def saved_outputs(call, gx: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The saved tensors after out (``fastrnn.cells``: preact, the cell's middle one, stats) that
+    a forward keeping them for a backward allocates for its kernels to write: [T, B, G·H] in
+    gx's dtype, [T, B, H] in ``Cell.saved_dtype``, [T, B, S] float32."""
+    cell = cell_of(call)
+    steps, batch, rows = gx.shape
+    middle = cell.saved._fields[2]
+    return (new_output(steps, batch, rows, dtype=gx.dtype, device=gx.device),
+            new_output(steps, batch, rows // cell.num_gates,
+                       dtype=cell.saved_dtype(middle, gx.dtype), device=gx.device),
+            new_output(steps, batch, cell.stats_width(call.ln_hh_weight is not None,
+                                                      call.ln_groups),
+                       dtype=torch.float32, device=gx.device))
 
 
 class Extension:

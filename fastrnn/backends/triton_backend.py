@@ -22,7 +22,8 @@ import torch
 
 from .. import masks as M
 from ..cells import LAYER_NORM_EPS, cell_of
-from .fused import absent_gradient, new_output, recurrent_inputs, recurrent_weight_grad
+from .fused import (absent_gradient, new_output, recurrent_inputs, recurrent_weight_grad,
+                    saved_outputs)
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FEATURES = frozenset({"resets"})  # fastrnn.backends: the optional call features it runs
@@ -112,14 +113,7 @@ def forward(call, save=True):
     out = new_output(steps, batch, hidden, dtype=dtype, device=device)
     h_n = new_output(batch, hidden, dtype=dtype, device=device)
     c_n = new_output(batch, hidden, dtype=dtype, device=device) if lstm else None
-    saved = ()
-    if save:
-        middle_field = cell.saved._fields[2]
-        saved = (new_output(*gx.shape, dtype=dtype, device=device),
-                 new_output(steps, batch, hidden, dtype=cell.saved_dtype(middle_field, dtype),
-                            device=device),
-                 new_output(steps, batch, cell.stats_width(layer_norm, call.ln_groups),
-                            dtype=torch.float32, device=device))
+    saved = saved_outputs(call, gx) if save else ()
     preact, middle, stats = saved or (None, None, None)
     finals = (h_n, c_n) if lstm else (h_n,)
     if batch == 0 or steps == 0:
@@ -139,7 +133,7 @@ def forward(call, save=True):
         c0=_contiguous(call.c0, dtype) if lstm else None,
         lengths=_lengths(call, steps, batch, device), rmask=rmask, seed=call.seed.contiguous(),
         out=out, h_n=h_n, c_n=c_n, preact=preact, middle=middle,
-        stats=stats if layer_norm and save else None)
+        stats=stats if layer_norm else None)
     if call.resets is not None:
         h_reset = _contiguous(call.h_reset, dtype)
         io = io._replace(
